@@ -1,0 +1,131 @@
+"""`ecomvlm` — the one door: train, data, eval, export, launch, demo, info.
+
+Subcommands import their heavy dependencies (torch, megatron) lazily, so `ecomvlm --help` and the data tools
+start in well under a second. A subcommand whose issue is not done yet says so and exits with status 3; it
+never pretends to work.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+NOT_IMPLEMENTED_EXIT = 3
+
+
+def _not_implemented(what: str, issue: int):
+    def run(_args: argparse.Namespace) -> int:
+        print(f"ecomvlm {what}: not implemented yet (tracked in issue #{issue}).", file=sys.stderr)
+        return NOT_IMPLEMENTED_EXIT
+
+    return run
+
+
+def _cmd_synth(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.progress import Progress
+
+    from ecomvlm.data_modules.synth import SynthConfig, synthesize
+
+    cfg = SynthConfig(out=Path(args.out), n=args.n, n_eval=args.n_eval, seed=args.seed,
+                      image_size=args.image_size, max_images=args.max_images)
+    console = Console(stderr=True)
+    with Progress(console=console, transient=True) as progress:
+        task = progress.add_task("drawing items", total=cfg.n + cfg.n_eval)
+        manifest = synthesize(cfg, progress=lambda done, total: progress.update(task, completed=done))
+    from rich.table import Table
+
+    table = Table(title=f"synthetic e-commerce data -> {cfg.out}")
+    table.add_column("file")
+    table.add_column("records", justify="right")
+    for name, count in manifest["records"].items():
+        table.add_row(name, str(count))
+    table.add_row("images/*.png", str(manifest["images"]))
+    Console().print(table)
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from ecomvlm.demo import run_demo
+
+    return run_demo(Path(args.workdir), quick=args.quick)
+
+
+def _cmd_info(_args: argparse.Namespace) -> int:
+    import platform
+
+    import torch
+
+    from ecomvlm.recipes.models.decoder import te_available
+
+    rows = {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "cuda available": torch.cuda.is_available(),
+        "gpus": torch.cuda.device_count(),
+        "transformer engine usable": te_available(),
+    }
+    import importlib.metadata as md
+
+    for dist in ("megatron-core", "nemo_toolkit", "lightning", "hydra-core", "transformers", "webdataset"):
+        try:
+            rows[dist] = md.version(dist)
+        except md.PackageNotFoundError:
+            rows[dist] = "not installed"
+    width = max(map(len, rows))
+    for k, v in rows.items():
+        print(f"{k:<{width}}  {v}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="ecomvlm", description=__doc__.split("\n")[0])
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    data = sub.add_parser("data", help="synthetic data, shards, mixtures")
+    dsub = data.add_subparsers(dest="data_command", required=True, metavar="DATA_COMMAND")
+    s = dsub.add_parser("synth", help="write a deterministic synthetic e-commerce dataset (docs/DATA_FORMAT.md)")
+    s.add_argument("--out", required=True, help="output directory (created)")
+    s.add_argument("--n", type=int, default=200, help="training items (default 200)")
+    s.add_argument("--n-eval", type=int, default=50, help="held-out eval items (default 50)")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--image-size", type=int, default=192, help="square image side in pixels (default 192)")
+    s.add_argument("--max-images", type=int, default=6, help="images per item are drawn from 1..this (max 6)")
+    s.set_defaults(func=_cmd_synth)
+    dsub.add_parser("shards", help="LLaVA JSON -> WebDataset shards").set_defaults(func=_not_implemented("data shards", 4))
+    dsub.add_parser("mixture", help="resolve a mixture YAML").set_defaults(func=_not_implemented("data mixture", 4))
+
+    for name, issue, help_ in (
+        ("train", 5, "run a training recipe (Hydra overrides: key=value)"),
+        ("eval", 6, "evaluate an HF-format checkpoint on benchmarks"),
+        ("export", 3, "export a trained checkpoint to an HF directory"),
+        ("launch", 7, "submit a recipe to SLURM"),
+    ):
+        sp = sub.add_parser(name, help=help_)
+        sp.add_argument("rest", nargs=argparse.REMAINDER)
+        sp.set_defaults(func=_not_implemented(name, issue))
+
+    d = sub.add_parser("demo", help="the main job on CPU: everything that exists, end to end")
+    d.add_argument("--workdir", default="demo_out", help="where the demo writes (default ./demo_out)")
+    d.add_argument("--quick", action="store_true", help="smaller data and fewer steps (used by tests)")
+    d.set_defaults(func=_cmd_demo)
+
+    sub.add_parser("info", help="versions, CUDA/TE availability").set_defaults(func=_cmd_info)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except (ValueError, FileNotFoundError, KeyError) as e:  # user errors: one clear line, no traceback
+        if os.environ.get("ECOMVLM_DEBUG"):
+            raise
+        print(f"ecomvlm: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,115 @@
+"""LLM decoder configs -> megatron-core TransformerConfig / GPTModel.
+
+A :class:`DecoderConfig` holds the published dimensions of a decoder family (Llama-3.x, Qwen3, Gemma3, ...);
+conf/model/decoder/*.yaml fill it. Layer specs: Transformer Engine when importable and CUDA is present, the
+local (pure PyTorch) spec otherwise, so the same config builds on a laptop and on an H100 node.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from ecomvlm.recipes.models.parallel import ParallelConfig
+
+
+@dataclass
+class DecoderConfig:
+    family: str = "llama"  # llama | qwen3 | gemma3
+    num_layers: int = 2
+    hidden_size: int = 64
+    ffn_hidden_size: int = 128
+    num_attention_heads: int = 4
+    num_query_groups: int = 2
+    kv_channels: int | None = None  # head dim; None = hidden/heads
+    vocab_size: int = 256
+    max_position_embeddings: int = 512
+    rotary_base: float = 10000.0
+    norm_epsilon: float = 1e-5
+    qk_layernorm: bool = False  # Qwen3 / Gemma3
+    tie_word_embeddings: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def te_available() -> bool:
+    """Transformer Engine is used only when it imports AND a GPU exists (it cannot run on CPU)."""
+    if not torch.cuda.is_available():
+        return False
+    try:
+        import transformer_engine  # noqa: F401
+    except Exception:
+        return False
+    return True
+
+
+def transformer_config(dec: DecoderConfig, parallel: ParallelConfig, *, params_dtype: torch.dtype = torch.float32,
+                       **overrides: Any):
+    from megatron.core.transformer.transformer_config import TransformerConfig
+
+    on_gpu = torch.cuda.is_available()
+    kw: dict[str, Any] = dict(
+        num_layers=dec.num_layers,
+        hidden_size=dec.hidden_size,
+        ffn_hidden_size=dec.ffn_hidden_size,
+        num_attention_heads=dec.num_attention_heads,
+        num_query_groups=dec.num_query_groups,
+        kv_channels=dec.kv_channels,
+        normalization="RMSNorm",
+        layernorm_epsilon=dec.norm_epsilon,
+        gated_linear_unit=True,
+        activation_func=F.silu,
+        add_bias_linear=False,
+        add_qkv_bias=False,
+        qk_layernorm=dec.qk_layernorm,
+        hidden_dropout=0.0,
+        attention_dropout=0.0,
+        tensor_model_parallel_size=parallel.tensor_model_parallel_size,
+        pipeline_model_parallel_size=parallel.pipeline_model_parallel_size,
+        context_parallel_size=parallel.context_parallel_size,
+        sequence_parallel=parallel.sequence_parallel,
+        params_dtype=params_dtype,
+        bf16=params_dtype == torch.bfloat16,
+        use_cpu_initialization=not on_gpu,
+        # fused kernels are CUDA-only; on GPU megatron picks them itself when available
+        gradient_accumulation_fusion=False,
+        bias_activation_fusion=on_gpu,
+        masked_softmax_fusion=on_gpu,
+        persist_layer_norm=on_gpu,
+        apply_rope_fusion=False,
+        bias_dropout_fusion=on_gpu,
+        cross_entropy_loss_fusion=False,
+    )
+    kw.update(overrides)
+    return TransformerConfig(**kw)
+
+
+def gpt_layer_spec(config) -> Any:
+    if te_available():
+        from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_with_transformer_engine_spec
+
+        return get_gpt_layer_with_transformer_engine_spec(qk_layernorm=config.qk_layernorm)
+    from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_local_spec
+
+    return get_gpt_layer_local_spec(qk_layernorm=config.qk_layernorm, normalization=config.normalization)
+
+
+def build_gpt(dec: DecoderConfig, parallel: ParallelConfig, *, pre_process: bool = True, post_process: bool = True,
+              **config_overrides: Any):
+    """A megatron-core GPTModel (one pipeline stage of it) for a decoder config."""
+    from megatron.core.models.gpt import GPTModel
+
+    config = transformer_config(dec, parallel, **config_overrides)
+    return GPTModel(
+        config=config,
+        transformer_layer_spec=gpt_layer_spec(config),
+        vocab_size=dec.vocab_size,
+        max_sequence_length=dec.max_position_embeddings,
+        pre_process=pre_process,
+        post_process=post_process,
+        share_embeddings_and_output_weights=dec.tie_word_embeddings,
+        position_embedding_type="rope",
+        rotary_base=int(dec.rotary_base),
+    )

@@ -1,0 +1,86 @@
+"""Shared fixtures. Heavy objects (tokenizers, synthetic data, the megatron process group) are built once per
+session; torch/megatron are imported only by tests that need them.
+
+Markers (pyproject.toml): slow, multiproc, slurm, gpu. `make test` runs everything but slow and gpu.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+FAMILIES = ("llama3", "chatml", "gemma3")
+
+
+def pytest_collection_modifyitems(config, items):
+    try:
+        import torch
+
+        has_cuda = torch.cuda.is_available()
+    except Exception:  # pragma: no cover - torch is a hard dependency
+        has_cuda = False
+    has_slurm = shutil.which("sbatch") is not None and shutil.which("squeue") is not None
+    for item in items:
+        if "gpu" in item.keywords and not has_cuda:
+            item.add_marker(pytest.mark.skip(reason="needs a CUDA device"))
+        if "slurm" in item.keywords and not has_slurm:
+            item.add_marker(pytest.mark.skip(reason="needs the local SLURM cluster (.ci/run starts it)"))
+
+
+@pytest.fixture(scope="session")
+def repo_root() -> Path:
+    return REPO
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizers() -> dict:
+    """One tiny byte-level BPE tokenizer per chat format (llama3, chatml, gemma3), trained offline."""
+    from ecomvlm.data_modules.synth import BRANDS, COLOURS, PATTERNS, CATEGORIES
+    from ecomvlm.data_modules.tiny_tokenizer import DEFAULT_CORPUS, build_tiny_tokenizer
+
+    corpus = DEFAULT_CORPUS + list(COLOURS) + PATTERNS + BRANDS + list(CATEGORIES)
+    return {fam: build_tiny_tokenizer(fam, corpus=corpus, vocab_size=400) for fam in FAMILIES}
+
+
+@pytest.fixture(scope="session")
+def tiny_hf_configs() -> dict:
+    """Tiny HF configs of every encoder/decoder family (random weights are built from these; nothing downloaded)."""
+    from ecomvlm.recipes.models.tiny_hf import tiny_hf_configs as make
+
+    return make()
+
+
+@pytest.fixture(scope="session")
+def synth_data(tmp_path_factory) -> Path:
+    from ecomvlm.data_modules.synth import SynthConfig, synthesize
+
+    out = tmp_path_factory.mktemp("synth")
+    synthesize(SynthConfig(out=out, n=24, n_eval=16, seed=3, image_size=96))
+    return out
+
+
+@pytest.fixture(scope="session")
+def megatron_single():
+    """A 1-process gloo group + megatron parallel state (TP=PP=1) for the whole session, CPU shim applied."""
+    from ecomvlm.recipes.models.parallel import ParallelConfig, destroy_distributed, init_distributed
+
+    info = init_distributed(ParallelConfig(), seed=1234)
+    yield info
+    destroy_distributed()
+
+
+def run_torchrun(script: Path, nproc: int, *args: str, timeout: int = 300) -> subprocess.CompletedProcess:
+    """Run a worker under torchrun (gloo on CPU); raise with its output on failure."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(nproc),
+           str(script), *args]
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+    if proc.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}")
+    return proc
