@@ -31,6 +31,8 @@ class DecoderConfig:
     norm_epsilon: float = 1e-5
     qk_layernorm: bool = False  # Qwen3 / Gemma3
     tie_word_embeddings: bool = False
+    rope_scaling_factor: float | None = None  # Llama-3.1 "llama3" RoPE scaling (8.0); None = plain RoPE
+    hf_vocab_size: int | None = None  # the checkpoint's vocab before padding to a multiple of TP (export trims)
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -71,6 +73,7 @@ def transformer_config(dec: DecoderConfig, parallel: ParallelConfig, *, params_d
         context_parallel_size=parallel.context_parallel_size,
         sequence_parallel=parallel.sequence_parallel,
         params_dtype=params_dtype,
+        pipeline_dtype=params_dtype,  # activations sent between pipeline stages
         bf16=params_dtype == torch.bfloat16,
         use_cpu_initialization=not on_gpu,
         # fused kernels are CUDA-only; on GPU megatron picks them itself when available
@@ -97,7 +100,7 @@ def gpt_layer_spec(config) -> Any:
 
 
 def build_gpt(dec: DecoderConfig, parallel: ParallelConfig, *, pre_process: bool = True, post_process: bool = True,
-              **config_overrides: Any):
+              scatter_embedding_sequence_parallel: bool = True, **config_overrides: Any):
     """A megatron-core GPTModel (one pipeline stage of it) for a decoder config."""
     from megatron.core.models.gpt import GPTModel
 
@@ -112,4 +115,7 @@ def build_gpt(dec: DecoderConfig, parallel: ParallelConfig, *, pre_process: bool
         share_embeddings_and_output_weights=dec.tie_word_embeddings,
         position_embedding_type="rope",
         rotary_base=int(dec.rotary_base),
+        rope_scaling=dec.rope_scaling_factor is not None,
+        rope_scaling_factor=dec.rope_scaling_factor or 8.0,
+        scatter_embedding_sequence_parallel=scatter_embedding_sequence_parallel,
     )
