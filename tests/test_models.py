@@ -14,14 +14,32 @@ TOL = 1e-4
 IMG = 5  # image token id used with the tiny HF configs
 
 
-def _hf_llava(tiny_hf_configs, text: str, seed: int = 0, **text_overrides):
+def _text_config(tiny_hf_configs, family: str, **overrides):
+    d = {**tiny_hf_configs[family].to_dict(), **overrides}
+    if family == "gemma3":  # one sliding-window and one global layer, linear RoPE scaling on the global one
+        d["layer_types"] = ["sliding_attention", "full_attention"]
+        d["rope_parameters"] = {**d["rope_parameters"],
+                                "full_attention": {"rope_type": "linear", "rope_theta": 1e6, "factor": 8.0}}
+    return tiny_hf_configs[family].__class__(**d)
+
+
+def _perturb_norms(model):
+    """Random init leaves norm weights at 1 (or 0 for Gemma's 1+w): perturb them so the mapping is tested."""
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "norm" in name:
+                p.normal_(0, 0.3)
+    return model
+
+
+def _hf_llava(tiny_hf_configs, text: str, seed: int = 0):
     from transformers import LlavaConfig, LlavaForConditionalGeneration
 
-    text_cfg = tiny_hf_configs[text].__class__(**{**tiny_hf_configs[text].to_dict(), **text_overrides})
     torch.manual_seed(seed)
-    lc = LlavaConfig(vision_config=tiny_hf_configs["siglip"], text_config=text_cfg, image_token_index=IMG,
-                     projector_hidden_act="gelu", vision_feature_layer=-1, vision_feature_select_strategy="full")
-    return LlavaForConditionalGeneration(lc).eval()
+    lc = LlavaConfig(vision_config=tiny_hf_configs["siglip"], text_config=_text_config(tiny_hf_configs, text),
+                     image_token_index=IMG, projector_hidden_act="gelu", vision_feature_layer=-1,
+                     vision_feature_select_strategy="full")
+    return _perturb_norms(LlavaForConditionalGeneration(lc).eval())
 
 
 def _image_batch(n_tokens: int, seed: int = 1):
@@ -32,20 +50,20 @@ def _image_batch(n_tokens: int, seed: int = 1):
     return ids, torch.randn(2, 3, 32, 32, generator=g)
 
 
-@pytest.mark.parametrize("family, tied", [("llama", False), ("qwen3", False), ("qwen3", True)])
+@pytest.mark.parametrize("family, tied", [("llama", False), ("qwen3", False), ("qwen3", True), ("gemma3", True)])
 def test_decoder_import_matches_hf_and_round_trips_exactly(megatron_single, tiny_hf_configs, family, tied):
     from transformers import AutoModelForCausalLM
 
-    cfg_hf = tiny_hf_configs[family].__class__(**{**tiny_hf_configs[family].to_dict(), "tie_word_embeddings": tied})
     torch.manual_seed(0)
-    hf = AutoModelForCausalLM.from_config(cfg_hf).eval()
+    hf = _perturb_norms(AutoModelForCausalLM.from_config(
+        _text_config(tiny_hf_configs, family, tie_word_embeddings=tied)).eval())
     dec = decoder_config_from_hf(hf.config)
-    assert dec.tie_word_embeddings == tied and dec.qk_layernorm == (family == "qwen3")
+    assert dec.tie_word_embeddings == tied and dec.qk_layernorm == (family != "llama")
     cfg = VLMConfig(encoder=encoder_config_from_hf(tiny_hf_configs["siglip"]), decoder=dec, image_token_id=IMG)
     model = build_vlm(cfg, ParallelConfig()).eval()
     untouched = shard_into(model, hf_to_mcore_vlm(cfg, hf.state_dict()))
     assert untouched and all(n.startswith(("vision_model.", "vision_projection.")) for n in untouched)
-    ids = torch.randint(10, 512, (2, 24), generator=torch.Generator().manual_seed(3))
+    ids = torch.randint(10, 512, (2, 40), generator=torch.Generator().manual_seed(3))  # > Gemma's window of 16
     with torch.no_grad():
         ours, ref = model(ids).float(), hf(ids).logits
     assert (ours - ref).abs().max().item() < TOL
@@ -65,8 +83,7 @@ def test_siglip_encoder_matches_hf_hidden_states(megatron_single, tiny_hf_config
     assert enc.layers_used == 2 + 1 + feature_layer and enc.tokens_per_image == 16
     cfg = VLMConfig(encoder=enc, decoder=decoder_config_from_hf(tiny_hf_configs["llama"]), image_token_id=IMG)
     model = build_vlm(cfg, ParallelConfig()).eval()
-    shard_into(model, hf_to_mcore_vlm(cfg, _hf_llava(tiny_hf_configs, "llama").state_dict(), hf.state_dict()),
-               strict=True)
+    shard_into(model, hf_to_mcore_vlm(cfg, _hf_llava(tiny_hf_configs, "llama").state_dict(), hf.state_dict()))
     pix = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(2))
     with torch.no_grad():
         ours = model.vision_model(pix)
@@ -75,7 +92,7 @@ def test_siglip_encoder_matches_hf_hidden_states(megatron_single, tiny_hf_config
     assert (ours - ref).abs().max().item() < TOL
 
 
-@pytest.mark.parametrize("text", ["llama", "qwen3"])
+@pytest.mark.parametrize("text", ["llama", "qwen3", "gemma3"])
 def test_composed_vlm_matches_hf_llava_on_image_and_text(megatron_single, tiny_hf_configs, text):
     hf = _hf_llava(tiny_hf_configs, text)
     sd = hf.state_dict()
@@ -94,6 +111,8 @@ def test_composed_vlm_matches_hf_llava_on_image_and_text(megatron_single, tiny_h
     for k, v in sd.items():
         if ".head." in k or "post_layernorm" in k:
             continue
+        if k == "lm_head.weight" and cfg.decoder.tie_word_embeddings:  # tied: HF lists the shared tensor twice
+            k, v = "model.language_model.embed_tokens.weight", v
         assert torch.equal(back[k], v), k
 
 
@@ -109,16 +128,18 @@ def test_mismatched_image_tokens_raise_a_clear_error(megatron_single, tiny_hf_co
         model(ids)
 
 
-def test_export_loads_in_transformers_matches_and_generates(megatron_single, tiny_hf_configs, tiny_tokenizers, tmp_path):
+@pytest.mark.parametrize("family, chat", [("qwen3", "chatml"), ("gemma3", "gemma3")])
+def test_export_loads_in_transformers_matches_and_generates(megatron_single, tiny_hf_configs, tiny_tokenizers, tmp_path,
+                                                            family, chat):
     from PIL import Image
     from transformers import AutoProcessor, LlavaForConditionalGeneration
 
     from ecomvlm.recipes.models.hf_io import export_llava_hf, load_hf_into, vlm_config_from_hf
 
-    tok = tiny_tokenizers["chatml"]
+    tok = tiny_tokenizers[chat]
     img_id = tok.convert_tokens_to_ids("<image>")
     cfg = VLMConfig(encoder=encoder_config_from_hf(tiny_hf_configs["siglip"]),
-                    decoder=decoder_config_from_hf(tiny_hf_configs["qwen3"]), image_token_id=img_id)
+                    decoder=decoder_config_from_hf(_text_config(tiny_hf_configs, family)), image_token_id=img_id)
     cfg.decoder.vocab_size = cfg.decoder.hf_vocab_size = len(tok)
     torch.manual_seed(4)
     model = build_vlm(cfg, ParallelConfig()).eval()

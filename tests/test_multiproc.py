@@ -22,35 +22,50 @@ def test_tensor_parallel_2_equals_tensor_parallel_1(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def tiny_llava_dir(tmp_path_factory, tiny_hf_configs):
-    """A tiny random HF LLaVA (SigLIP + Llama) saved to disk, plus one image+text batch and HF's reference."""
+def tiny_llava_dirs(tmp_path_factory, tiny_hf_configs):
+    """family -> (dir of a tiny random HF LLaVA with that text decoder, HF logits, HF loss) on one image+text batch."""
     import torch
     from safetensors.torch import save_file
     from transformers import LlavaConfig, LlavaForConditionalGeneration
 
-    out = tmp_path_factory.mktemp("llava")
-    torch.manual_seed(0)
-    lc = LlavaConfig(vision_config=tiny_hf_configs["siglip"], text_config=tiny_hf_configs["llama"],
-                     image_token_index=5, projector_hidden_act="gelu", vision_feature_layer=-1,
-                     vision_feature_select_strategy="full")
-    hf = LlavaForConditionalGeneration(lc).eval()
-    hf.save_pretrained(out)
-    g = torch.Generator().manual_seed(1)
-    ids = torch.randint(10, 512, (2, 40), generator=g)
-    ids[0, 2:18] = 5
-    ids[1, 5:21] = 5
-    labels = torch.roll(ids, -1, 1)
-    pix = torch.randn(2, 3, 32, 32, generator=g)
-    save_file({"input_ids": ids, "labels": labels, "pixel_values": pix, "image_token_id": torch.tensor(5)},
-              str(out / "batch.safetensors"))
-    with torch.no_grad():
-        logits = hf(input_ids=ids, pixel_values=pix).logits
-    loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1)).item()
-    return out, logits, loss
+    cache = {}
+
+    def make(family):
+        if family in cache:
+            return cache[family]
+        out = tmp_path_factory.mktemp(f"llava_{family}")
+        text = tiny_hf_configs[family].to_dict()
+        if family == "gemma3":
+            text["layer_types"] = ["sliding_attention", "full_attention"]
+        torch.manual_seed(0)
+        lc = LlavaConfig(vision_config=tiny_hf_configs["siglip"], text_config=tiny_hf_configs[family].__class__(**text),
+                         image_token_index=5, projector_hidden_act="gelu", vision_feature_layer=-1,
+                         vision_feature_select_strategy="full")
+        hf = LlavaForConditionalGeneration(lc).eval()
+        with torch.no_grad():
+            for name, p in hf.named_parameters():
+                if "norm" in name:
+                    p.normal_(0, 0.3)
+        hf.save_pretrained(out)
+        g = torch.Generator().manual_seed(1)
+        ids = torch.randint(10, 512, (2, 40), generator=g)
+        ids[0, 2:18] = 5
+        ids[1, 5:21] = 5
+        labels = torch.roll(ids, -1, 1)
+        pix = torch.randn(2, 3, 32, 32, generator=g)
+        save_file({"input_ids": ids, "labels": labels, "pixel_values": pix, "image_token_id": torch.tensor(5)},
+                  str(out / "batch.safetensors"))
+        with torch.no_grad():
+            logits = hf(input_ids=ids, pixel_values=pix).logits
+        loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1)).item()
+        cache[family] = (out, logits, loss)
+        return cache[family]
+
+    return make
 
 
-def _vlm_layout(tiny_llava_dir, tmp_path, tp, pp):
-    hf_dir, ref_logits, ref_loss = tiny_llava_dir
+def _vlm_layout(made, tmp_path, tp, pp):
+    hf_dir, ref_logits, ref_loss = made
     run_torchrun(REPO / "tests" / "workers" / "vlm_parallel_parity.py", tp * pp, str(hf_dir), str(tp), str(pp),
                  str(tmp_path))
     res = json.loads((tmp_path / f"result_tp{tp}_pp{pp}.json").read_text())
@@ -64,11 +79,12 @@ def _vlm_layout(tiny_llava_dir, tmp_path, tp, pp):
     return res
 
 
-@pytest.mark.parametrize("tp, pp", [(1, 1), (2, 1), (1, 2)])
-def test_vlm_imported_at_tp_pp_matches_hf(tiny_llava_dir, tmp_path, tp, pp):
-    _vlm_layout(tiny_llava_dir, tmp_path, tp, pp)
+@pytest.mark.parametrize("family, tp, pp", [("llama", 1, 1), ("llama", 2, 1), ("llama", 1, 2), ("gemma3", 2, 1)])
+def test_vlm_imported_at_tp_pp_matches_hf(tiny_llava_dirs, tmp_path, family, tp, pp):
+    _vlm_layout(tiny_llava_dirs(family), tmp_path, tp, pp)
 
 
 @pytest.mark.slow
-def test_vlm_imported_at_tp2_pp2_matches_hf(tiny_llava_dir, tmp_path):
-    _vlm_layout(tiny_llava_dir, tmp_path, 2, 2)
+@pytest.mark.parametrize("family, tp, pp", [("llama", 2, 2), ("gemma3", 1, 2), ("qwen3", 2, 1)])
+def test_vlm_imported_at_more_layouts_matches_hf(tiny_llava_dirs, tmp_path, family, tp, pp):
+    _vlm_layout(tiny_llava_dirs(family), tmp_path, tp, pp)

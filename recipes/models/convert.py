@@ -24,7 +24,7 @@ import torch
 from ecomvlm.recipes.models.decoder import DecoderConfig
 from ecomvlm.recipes.models.encoder import EncoderConfig
 
-SUPPORTED_DECODERS = ("llama", "qwen3")
+SUPPORTED_DECODERS = ("llama", "qwen3", "gemma3")
 LM = "language_model."
 VIS = "vision_model."
 PROJ = "vision_projection.encoder."
@@ -71,10 +71,12 @@ def read_hf_config(path: str | Path):
 def decoder_config_from_hf(hf, tp: int = 1) -> DecoderConfig:
     """A text config (LlamaConfig, Qwen3Config, or the text_config of a VLM) -> DecoderConfig."""
     hf = getattr(hf, "text_config", hf)
-    family = {"llama": "llama", "qwen3": "qwen3"}.get(hf.model_type)
+    family = {"llama": "llama", "qwen3": "qwen3", "gemma3_text": "gemma3"}.get(hf.model_type)
     if family is None:
         raise ValueError(f"decoder model_type {hf.model_type!r} is not supported for import yet; supported: "
                          f"{SUPPORTED_DECODERS}")
+    if family == "gemma3":
+        return _gemma3_config_from_hf(hf, tp)
     rope = getattr(hf, "rope_parameters", None) or getattr(hf, "rope_scaling", None) or {}
     theta = rope.get("rope_theta", getattr(hf, "rope_theta", 10000.0))
     factor = None
@@ -98,6 +100,35 @@ def decoder_config_from_hf(hf, tp: int = 1) -> DecoderConfig:
         max_position_embeddings=hf.max_position_embeddings, rotary_base=float(theta), norm_epsilon=hf.rms_norm_eps,
         qk_layernorm=family == "qwen3", tie_word_embeddings=bool(getattr(hf, "tie_word_embeddings", False)),
         rope_scaling_factor=factor,
+    )
+
+
+def _gemma3_config_from_hf(hf, tp: int) -> DecoderConfig:
+    rope = hf.rope_parameters
+    full, local = rope["full_attention"], rope["sliding_attention"]
+    linear = None
+    if full.get("rope_type", "default") == "linear":
+        linear = float(full["factor"])
+    elif full.get("rope_type", "default") != "default":
+        raise ValueError(f"Gemma3 global RoPE type {full.get('rope_type')!r} is not supported (default | linear)")
+    if local.get("rope_type", "default") != "default":
+        raise ValueError("Gemma3 sliding-window RoPE must be the default type")
+    for cap in ("final_logit_softcapping", "attn_logit_softcapping"):
+        if getattr(hf, cap, None):
+            raise ValueError(f"Gemma3 {cap}={getattr(hf, cap)} is not supported (Gemma3 checkpoints set None)")
+    if getattr(hf, "hidden_activation", "gelu_pytorch_tanh") != "gelu_pytorch_tanh":
+        raise ValueError(f"Gemma3 hidden_activation {hf.hidden_activation!r} is not supported")
+    vocab = hf.vocab_size
+    return DecoderConfig(
+        family="gemma3", num_layers=hf.num_hidden_layers, hidden_size=hf.hidden_size,
+        ffn_hidden_size=hf.intermediate_size, num_attention_heads=hf.num_attention_heads,
+        num_query_groups=hf.num_key_value_heads, kv_channels=hf.head_dim, vocab_size=-(-vocab // tp) * tp,
+        hf_vocab_size=vocab, max_position_embeddings=hf.max_position_embeddings, rotary_base=float(full["rope_theta"]),
+        norm_epsilon=hf.rms_norm_eps, qk_layernorm=True, tie_word_embeddings=bool(hf.tie_word_embeddings),
+        activation="geglu_tanh", sliding_window=hf.sliding_window,
+        sliding_layers=[int(t == "sliding_attention") for t in hf.layer_types],
+        local_rotary_base=float(local["rope_theta"]), rope_linear_factor=linear,
+        query_pre_attn_scalar=float(hf.query_pre_attn_scalar), embedding_scale=True,
     )
 
 
@@ -151,6 +182,17 @@ def _pad_rows(t: torch.Tensor, rows: int) -> torch.Tensor:
 # ---------------------------------------------------------------------------------------------------------
 # decoder maps (names relative to GPTModel, i.e. without the "language_model." prefix)
 # ---------------------------------------------------------------------------------------------------------
+def _norm_names(dec: DecoderConfig) -> list[tuple[str, str]]:
+    """(megatron, HF) names of a layer's norms. Gemma3's sandwich norms ride on the output projections."""
+    if dec.family == "gemma3":
+        return [("input_layernorm.weight", "input_layernorm.weight"),
+                ("self_attention.linear_proj.post_layernorm.weight", "post_attention_layernorm.weight"),
+                ("pre_mlp_layernorm.weight", "pre_feedforward_layernorm.weight"),
+                ("mlp.linear_fc2.post_layernorm.weight", "post_feedforward_layernorm.weight")]
+    return [("input_layernorm.weight", "input_layernorm.weight"),
+            ("pre_mlp_layernorm.weight", "post_attention_layernorm.weight")]
+
+
 def hf_decoder_to_mcore(sd: dict[str, torch.Tensor], dec: DecoderConfig) -> dict[str, torch.Tensor]:
     if dec.family not in SUPPORTED_DECODERS:
         raise ValueError(f"decoder family {dec.family!r} import is not supported yet ({SUPPORTED_DECODERS})")
@@ -174,8 +216,8 @@ def hf_decoder_to_mcore(sd: dict[str, torch.Tensor], dec: DecoderConfig) -> dict
         if dec.qk_layernorm:
             out[m + "self_attention.q_layernorm.weight"] = sd[a + "q_norm.weight"]
             out[m + "self_attention.k_layernorm.weight"] = sd[a + "k_norm.weight"]
-        out[m + "input_layernorm.weight"] = sd[h + "input_layernorm.weight"]
-        out[m + "pre_mlp_layernorm.weight"] = sd[h + "post_attention_layernorm.weight"]
+        for mname, hname in _norm_names(dec):
+            out[m + mname] = sd[h + hname]
         out[m + "mlp.linear_fc1.weight"] = torch.cat([sd[h + "mlp.gate_proj.weight"], sd[h + "mlp.up_proj.weight"]])
         out[m + "mlp.linear_fc2.weight"] = sd[h + "mlp.down_proj.weight"]
     return out
@@ -195,9 +237,8 @@ def mcore_decoder_to_hf(sd: dict[str, torch.Tensor], dec: DecoderConfig, prefix:
         q, k, v = unpack_qkv(sd[m + "self_attention.linear_qkv.weight"], heads, groups, hd)
         out.update({h + "self_attn.q_proj.weight": q, h + "self_attn.k_proj.weight": k, h + "self_attn.v_proj.weight": v,
                     h + "self_attn.o_proj.weight": sd[m + "self_attention.linear_proj.weight"],
-                    h + "input_layernorm.weight": sd[m + "input_layernorm.weight"],
-                    h + "post_attention_layernorm.weight": sd[m + "pre_mlp_layernorm.weight"],
                     h + "mlp.down_proj.weight": sd[m + "mlp.linear_fc2.weight"]})
+        out.update({h + hname: sd[m + mname] for mname, hname in _norm_names(dec)})
         gate, up = sd[m + "mlp.linear_fc1.weight"].chunk(2)
         out[h + "mlp.gate_proj.weight"], out[h + "mlp.up_proj.weight"] = gate, up
         if dec.qk_layernorm:
@@ -387,9 +428,10 @@ def gather_full_state(model) -> dict[str, torch.Tensor]:
     offset = _layer_offset(model)
     params = dict(model.named_parameters())
     out: dict[str, torch.Tensor] = {}
+    tied = model.language_model.share_embeddings_and_output_weights
     for lname, t in model.state_dict().items():
-        if lname.endswith("_extra_state"):
-            continue
+        if lname.endswith("_extra_state") or (tied and lname == LM + "output_layer.weight"):
+            continue  # (a tied head on the last PP stage is a copy of the embedding)
         p = params.get(lname)
         if tp > 1 and p is not None and getattr(p, "tensor_model_parallel", False):
             parts = [torch.empty_like(t) for _ in range(tp)]

@@ -8,6 +8,7 @@ local (pure PyTorch) spec otherwise, so the same config builds on a laptop and o
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import torch
@@ -33,6 +34,14 @@ class DecoderConfig:
     tie_word_embeddings: bool = False
     rope_scaling_factor: float | None = None  # Llama-3.1 "llama3" RoPE scaling (8.0); None = plain RoPE
     hf_vocab_size: int | None = None  # the checkpoint's vocab before padding to a multiple of TP (export trims)
+    # Gemma3-style options (ignored by llama/qwen3)
+    activation: str = "swiglu"  # swiglu | geglu_tanh
+    sliding_window: int | None = None  # tokens a sliding-window layer sees (incl. itself)
+    sliding_layers: list[int] | None = None  # per layer: 1 = sliding window, 0 = global attention
+    local_rotary_base: float | None = None  # RoPE base on sliding layers
+    rope_linear_factor: float | None = None  # linear RoPE scaling on global layers (Gemma3-4B: 8)
+    query_pre_attn_scalar: float | None = None  # attention scale = this^-0.5 (default: head_dim^-0.5)
+    embedding_scale: bool = False  # multiply token embeddings by sqrt(hidden_size)
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -52,6 +61,9 @@ def transformer_config(dec: DecoderConfig, parallel: ParallelConfig, *, params_d
     from megatron.core.transformer.transformer_config import TransformerConfig
 
     on_gpu = torch.cuda.is_available()
+    if dec.activation not in ("swiglu", "geglu_tanh"):
+        raise ValueError(f"unknown decoder activation {dec.activation!r} (swiglu | geglu_tanh)")
+    act = F.silu if dec.activation == "swiglu" else partial(F.gelu, approximate="tanh")
     kw: dict[str, Any] = dict(
         num_layers=dec.num_layers,
         hidden_size=dec.hidden_size,
@@ -62,7 +74,7 @@ def transformer_config(dec: DecoderConfig, parallel: ParallelConfig, *, params_d
         normalization="RMSNorm",
         layernorm_epsilon=dec.norm_epsilon,
         gated_linear_unit=True,
-        activation_func=F.silu,
+        activation_func=act,
         add_bias_linear=False,
         add_qkv_bias=False,
         qk_layernorm=dec.qk_layernorm,
@@ -78,18 +90,27 @@ def transformer_config(dec: DecoderConfig, parallel: ParallelConfig, *, params_d
         use_cpu_initialization=not on_gpu,
         # fused kernels are CUDA-only; on GPU megatron picks them itself when available
         gradient_accumulation_fusion=False,
-        bias_activation_fusion=on_gpu,
+        bias_activation_fusion=on_gpu and dec.activation == "swiglu",
         masked_softmax_fusion=on_gpu,
         persist_layer_norm=on_gpu,
         apply_rope_fusion=False,
         bias_dropout_fusion=on_gpu,
         cross_entropy_loss_fusion=False,
     )
+    if dec.query_pre_attn_scalar is not None:
+        kw["softmax_scale"] = dec.query_pre_attn_scalar ** -0.5
+    if dec.sliding_window is not None:
+        kw["window_size"] = (dec.sliding_window - 1, 0)  # HF: a token sees itself + the W-1 before it
+        kw["window_attn_skip_freq"] = list(dec.sliding_layers) if dec.sliding_layers is not None else None
     kw.update(overrides)
     return TransformerConfig(**kw)
 
 
-def gpt_layer_spec(config) -> Any:
+def gpt_layer_spec(config, dec: DecoderConfig | None = None) -> Any:
+    if dec is not None and dec.family == "gemma3":
+        from ecomvlm.recipes.models.gemma3 import gemma3_block_spec
+
+        return gemma3_block_spec(config, dec.local_rotary_base or dec.rotary_base)
     if te_available():
         from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_with_transformer_engine_spec
 
@@ -107,7 +128,7 @@ def build_gpt(dec: DecoderConfig, parallel: ParallelConfig, *, pre_process: bool
     config = transformer_config(dec, parallel, **config_overrides)
     return GPTModel(
         config=config,
-        transformer_layer_spec=gpt_layer_spec(config),
+        transformer_layer_spec=gpt_layer_spec(config, dec),
         vocab_size=dec.vocab_size,
         max_sequence_length=dec.max_position_embeddings,
         pre_process=pre_process,
@@ -117,5 +138,6 @@ def build_gpt(dec: DecoderConfig, parallel: ParallelConfig, *, pre_process: bool
         rotary_base=int(dec.rotary_base),
         rope_scaling=dec.rope_scaling_factor is not None,
         rope_scaling_factor=dec.rope_scaling_factor or 8.0,
+        seq_len_interpolation_factor=dec.rope_linear_factor,
         scatter_embedding_sequence_parallel=scatter_embedding_sequence_parallel,
     )

@@ -66,7 +66,24 @@ def load_hf_into(model, *, llava_path=None, decoder_path=None, encoder_path=None
 
 
 def hf_text_config(dec: DecoderConfig):
-    from transformers import LlamaConfig, Qwen3Config
+    from transformers import Gemma3TextConfig, LlamaConfig, Qwen3Config
+
+    if dec.family == "gemma3":
+        full = ({"rope_type": "linear", "rope_theta": dec.rotary_base, "factor": dec.rope_linear_factor}
+                if dec.rope_linear_factor else {"rope_type": "default", "rope_theta": dec.rotary_base})
+        cfg = Gemma3TextConfig(
+            vocab_size=dec.hf_vocab_size or dec.vocab_size, hidden_size=dec.hidden_size,
+            intermediate_size=dec.ffn_hidden_size, num_hidden_layers=dec.num_layers,
+            num_attention_heads=dec.num_attention_heads, num_key_value_heads=dec.num_query_groups,
+            head_dim=dec.kv_channels, max_position_embeddings=dec.max_position_embeddings,
+            rms_norm_eps=dec.norm_epsilon, sliding_window=dec.sliding_window,
+            layer_types=["sliding_attention" if s else "full_attention" for s in dec.sliding_layers],
+            rope_parameters={"full_attention": full, "sliding_attention": {
+                "rope_type": "default", "rope_theta": dec.local_rotary_base}},
+            query_pre_attn_scalar=int(dec.query_pre_attn_scalar), tie_word_embeddings=dec.tie_word_embeddings,
+            hidden_activation="gelu_pytorch_tanh")
+        cfg.architectures = ["Gemma3ForCausalLM"]
+        return cfg
 
     common = dict(vocab_size=dec.hf_vocab_size or dec.vocab_size, hidden_size=dec.hidden_size,
                   intermediate_size=dec.ffn_hidden_size, num_hidden_layers=dec.num_layers,

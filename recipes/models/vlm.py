@@ -112,6 +112,8 @@ class EcomVLM(torch.nn.Module):
               image_grid_thw: torch.Tensor | None = None) -> torch.Tensor:
         """Text embeddings with image embeddings scattered into the <image> positions -> [s, b, h]."""
         emb = self.language_model.embedding(input_ids=input_ids, position_ids=position_ids)  # [s, b, h]
+        if self.cfg.decoder.embedding_scale:  # Gemma: text embeddings x sqrt(hidden), images unscaled
+            emb = emb * torch.tensor(self.cfg.decoder.hidden_size ** 0.5, dtype=emb.dtype)
         is_image = input_ids == self.cfg.image_token_id
         n_slots = int(is_image.sum())
         if pixel_values is not None:
