@@ -47,6 +47,14 @@ def _cmd_synth(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_export(args: argparse.Namespace) -> int:
+    from ecomvlm.recipes.export import export_checkpoint
+
+    out = export_checkpoint(args.checkpoint, args.out, dtype=args.dtype)
+    print(f"exported {args.checkpoint} -> {out} (LlavaForConditionalGeneration, {args.dtype})")
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from ecomvlm.demo import run_demo
 
@@ -97,10 +105,15 @@ def build_parser() -> argparse.ArgumentParser:
     dsub.add_parser("shards", help="LLaVA JSON -> WebDataset shards").set_defaults(func=_not_implemented("data shards", 4))
     dsub.add_parser("mixture", help="resolve a mixture YAML").set_defaults(func=_not_implemented("data mixture", 4))
 
+    ex = sub.add_parser("export", help="export an ecomvlm megatron checkpoint (any TP/PP) to an HF LLaVA directory")
+    ex.add_argument("--checkpoint", required=True, help="checkpoint directory (has meta.json, model/, tokenizer/)")
+    ex.add_argument("--out", required=True, help="output HF directory (transformers / vLLM loadable)")
+    ex.add_argument("--dtype", default="bf16", choices=["bf16", "fp16", "fp32"])
+    ex.set_defaults(func=_cmd_export)
+
     for name, issue, help_ in (
         ("train", 5, "run a training recipe (Hydra overrides: key=value)"),
         ("eval", 6, "evaluate an HF-format checkpoint on benchmarks"),
-        ("export", 3, "export a trained checkpoint to an HF directory"),
         ("launch", 7, "submit a recipe to SLURM"),
     ):
         sp = sub.add_parser(name, help=help_)
@@ -120,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except (ValueError, FileNotFoundError, KeyError) as e:  # user errors: one clear line, no traceback
+    except (ValueError, FileNotFoundError, KeyError, NotImplementedError) as e:  # user errors: one clear line, no traceback
         if os.environ.get("ECOMVLM_DEBUG"):
             raise
         print(f"ecomvlm: error: {e}", file=sys.stderr)

@@ -15,7 +15,7 @@ def test_console_script_help_lists_every_subcommand():
         assert cmd in out.stdout
 
 
-@pytest.mark.parametrize("cmd", [["train", "stage1"], ["eval"], ["export"], ["launch"], ["data", "shards"]])
+@pytest.mark.parametrize("cmd", [["train", "stage1"], ["eval"], ["launch"], ["data", "shards"]])
 def test_unfinished_subcommands_say_so_and_fail(cmd, capsys):
     assert main(cmd) == NOT_IMPLEMENTED_EXIT
     assert "not implemented yet" in capsys.readouterr().err
@@ -30,3 +30,8 @@ def test_data_synth_writes_dataset(tmp_path):
 def test_bad_flag_value_is_a_one_line_error(tmp_path, capsys):
     assert main(["data", "synth", "--out", str(tmp_path), "--max-images", "0"]) == 2
     assert "--max-images must be in 1..6" in capsys.readouterr().err
+
+
+def test_export_of_a_missing_checkpoint_names_it(tmp_path, capsys):
+    assert main(["export", "--checkpoint", str(tmp_path / "nope"), "--out", str(tmp_path / "hf")]) == 2
+    assert "nope/meta.json not found" in capsys.readouterr().err

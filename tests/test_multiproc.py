@@ -88,3 +88,27 @@ def test_vlm_imported_at_tp_pp_matches_hf(tiny_llava_dirs, tmp_path, family, tp,
 @pytest.mark.parametrize("family, tp, pp", [("llama", 2, 2), ("gemma3", 1, 2), ("qwen3", 2, 1)])
 def test_vlm_imported_at_more_layouts_matches_hf(tiny_llava_dirs, tmp_path, family, tp, pp):
     _vlm_layout(tiny_llava_dirs(family), tmp_path, tp, pp)
+
+
+def test_checkpoint_saved_at_tp2_exports_to_hf_exactly(tmp_path, megatron_single):
+    """TP=2 checkpoint -> `ecomvlm export` (reshards to TP=1) -> HF LLaVA with exactly the saved weights."""
+    import torch
+    from safetensors.torch import load_file
+    from transformers import LlavaForConditionalGeneration
+
+    from ecomvlm.cli import main
+    from ecomvlm.recipes.checkpointing import read_meta, vlm_config_from_meta
+    from ecomvlm.recipes.models.convert import mcore_vlm_to_hf_llava
+
+    run_torchrun(REPO / "tests" / "workers" / "save_checkpoint.py", 2, str(tmp_path))
+    meta = read_meta(tmp_path / "ckpt")
+    assert meta["step"] == 3 and meta["saved_at"]["tensor_model_parallel_size"] == 2
+    assert not (tmp_path / "ckpt.tmp").exists()
+    assert main(["export", "--checkpoint", str(tmp_path / "ckpt"), "--out", str(tmp_path / "hf"), "--dtype",
+                 "fp32"]) == 0
+    expected = mcore_vlm_to_hf_llava(load_file(str(tmp_path / "reference.safetensors")),
+                                     vlm_config_from_meta(meta))
+    hf = LlavaForConditionalGeneration.from_pretrained(tmp_path / "hf")
+    got = hf.state_dict()
+    assert set(expected) <= set(got)
+    assert all(torch.equal(got[k], v) for k, v in expected.items())

@@ -72,17 +72,30 @@ def build_projector(cfg: VLMConfig, parallel: ParallelConfig, params_dtype=torch
     return MultimodalProjector(config, sub, "mlp", input_size=cfg.encoder.output_size)
 
 
-class EcomVLM(torch.nn.Module):
-    """One pipeline stage of the composed VLM. Stage 0 owns encoder + projector + embedding."""
+def _megatron_module():
+    from megatron.core.transformer.module import MegatronModule
+
+    return MegatronModule
+
+
+class EcomVLM(_megatron_module()):
+    """One pipeline stage of the composed VLM. Stage 0 owns encoder + projector + embedding.
+
+    A MegatronModule, so ``sharded_state_dict()`` (megatron distributed checkpoints, any TP/PP on reload) comes
+    from the children: megatron modules shard themselves, the HF-wrapped Qwen2.5-ViT is saved as replicated.
+    """
 
     def __init__(self, cfg: VLMConfig, parallel: ParallelConfig, *, pre_process: bool = True,
-                 post_process: bool = True, params_dtype=torch.float32) -> None:
-        super().__init__()
+                 post_process: bool = True, params_dtype=torch.float32,
+                 config_overrides: dict[str, Any] | None = None) -> None:
+        overrides = dict(config_overrides or {})
+        language_model = build_gpt(cfg.decoder, parallel, pre_process=pre_process, post_process=post_process,
+                                   params_dtype=params_dtype, scatter_embedding_sequence_parallel=False, **overrides)
+        super().__init__(config=language_model.config)
+        self.language_model = language_model
         self.cfg = cfg
         self.pre_process, self.post_process = pre_process, post_process
-        self.language_model = build_gpt(cfg.decoder, parallel, pre_process=pre_process, post_process=post_process,
-                                        params_dtype=params_dtype, scatter_embedding_sequence_parallel=False)
-        self.config = self.language_model.config
+        self.pad_image_tokens_to = 16 if overrides.get("fp8") else 1  # FP8 GEMMs need multiples of 16
         self.model_type = self.language_model.model_type  # read by megatron's schedules
         self.sequence_parallel = parallel.sequence_parallel
         if pre_process:
@@ -105,8 +118,12 @@ class EcomVLM(torch.nn.Module):
             feats = self.vision_model(pixel_values, image_grid_thw)  # [tokens, out_hidden]
             return self.vision_projection(feats.unsqueeze(1)).squeeze(1)
         feats = self.vision_model(pixel_values)  # [n_images, tokens, enc_hidden]
+        n_tok = feats.shape[1]
+        pad = -n_tok % self.pad_image_tokens_to
+        if pad:  # e.g. SigLIP's 729 tokens -> 736 under FP8; the padding is dropped after the projector
+            feats = torch.nn.functional.pad(feats, (0, 0, 0, pad))
         proj = self.vision_projection(feats.transpose(0, 1).contiguous())  # projector works on [s, b, h]
-        return proj.transpose(0, 1).reshape(-1, proj.shape[-1])
+        return proj[:n_tok].transpose(0, 1).reshape(-1, proj.shape[-1])
 
     def embed(self, input_ids: torch.Tensor, position_ids: torch.Tensor, pixel_values: torch.Tensor | None,
               image_grid_thw: torch.Tensor | None = None) -> torch.Tensor:
@@ -147,7 +164,7 @@ class EcomVLM(torch.nn.Module):
 
 
 def build_vlm(cfg: VLMConfig, parallel: ParallelConfig, *, params_dtype=torch.float32, world_size: int | None = None,
-              pre_process: bool | None = None, post_process: bool | None = None) -> EcomVLM:
+              pre_process: bool | None = None, post_process: bool | None = None, precision=None) -> EcomVLM:
     """Build this rank's stage of the VLM. Validates the parallel layout against both towers first."""
     from megatron.core import parallel_state
 
@@ -168,4 +185,9 @@ def build_vlm(cfg: VLMConfig, parallel: ParallelConfig, *, params_dtype=torch.fl
         pre_process = parallel_state.is_pipeline_first_stage()
     if post_process is None:
         post_process = parallel_state.is_pipeline_last_stage()
-    return EcomVLM(cfg, parallel, pre_process=pre_process, post_process=post_process, params_dtype=params_dtype)
+    overrides = {}
+    if precision is not None:  # a registry.PrecisionConfig: dtype + FP8 settings (validated there)
+        params_dtype = precision.dtype
+        overrides = precision.transformer_overrides()
+    return EcomVLM(cfg, parallel, pre_process=pre_process, post_process=post_process, params_dtype=params_dtype,
+                   config_overrides=overrides)
