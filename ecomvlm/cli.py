@@ -47,6 +47,41 @@ def _cmd_synth(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_shards(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.progress import Progress
+
+    from ecomvlm.data_modules.shards import ShardConfig, make_shards
+
+    cfg = ShardConfig(inputs=[Path(p) for p in args.inputs], out=Path(args.out),
+                      image_root=Path(args.image_root) if args.image_root else None,
+                      samples_per_shard=args.samples_per_shard, workers=args.workers, seed=args.seed)
+    console = Console(stderr=True)
+    with Progress(console=console, transient=True) as progress:
+        task = progress.add_task("writing shards", total=None)
+        m = make_shards(cfg, progress=lambda d, t: progress.update(task, completed=d, total=t), console=console)
+    print(f"{m['samples']} samples in {len(m['shards'])} shards ({m['bytes'] / 1e6:.1f} MB) -> {cfg.out}"
+          f" [{m['resumed_shards']} shards already done]")
+    if m["skipped"]:
+        print("skipped: " + ", ".join(f"{k}={v}" for k, v in m["skipped"].items()) + f" (see {cfg.out}/manifest.json)")
+    return 0
+
+
+def _cmd_mixture(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from ecomvlm.data_modules.llava_json import SkipCounter, read_records
+    from ecomvlm.data_modules.mixture import counts_table, load_mixture, resolve
+
+    entries = load_mixture(args.mixture)
+    skips = SkipCounter()
+    totals = [len(read_records(e.json_path, skips)) for e in entries]
+    Console().print(counts_table(resolve(entries, totals, args.seed)))
+    if skips.total:
+        print("unreadable records: " + ", ".join(f"{k}={v}" for k, v in skips.by_reason().items()))
+    return 0
+
+
 def _cmd_export(args: argparse.Namespace) -> int:
     from ecomvlm.recipes.export import export_checkpoint
 
@@ -102,8 +137,18 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--image-size", type=int, default=192, help="square image side in pixels (default 192)")
     s.add_argument("--max-images", type=int, default=6, help="images per item are drawn from 1..this (max 6)")
     s.set_defaults(func=_cmd_synth)
-    dsub.add_parser("shards", help="LLaVA JSON -> WebDataset shards").set_defaults(func=_not_implemented("data shards", 4))
-    dsub.add_parser("mixture", help="resolve a mixture YAML").set_defaults(func=_not_implemented("data mixture", 4))
+    sh = dsub.add_parser("shards", help="LLaVA JSON/JSONL or a mixture YAML -> WebDataset shards + manifest")
+    sh.add_argument("inputs", nargs="+", help="mixture .yaml (paper A.6 format) and/or LLaVA .json/.jsonl files")
+    sh.add_argument("--out", required=True, help="output folder for shard-NNNNNN.tar + manifest.json")
+    sh.add_argument("--image-root", default=None, help="image paths are relative to this (default: the JSON's folder)")
+    sh.add_argument("--samples-per-shard", type=int, default=1000)
+    sh.add_argument("--workers", type=int, default=2, help="parallel shard writers (processes)")
+    sh.add_argument("--seed", type=int, default=0, help="seed of random:N sampling")
+    sh.set_defaults(func=_cmd_shards)
+    mx = dsub.add_parser("mixture", help="resolve a mixture YAML and print the selected counts")
+    mx.add_argument("mixture", help="mixture .yaml")
+    mx.add_argument("--seed", type=int, default=0)
+    mx.set_defaults(func=_cmd_mixture)
 
     ex = sub.add_parser("export", help="export an ecomvlm megatron checkpoint (any TP/PP) to an HF LLaVA directory")
     ex.add_argument("--checkpoint", required=True, help="checkpoint directory (has meta.json, model/, tokenizer/)")
