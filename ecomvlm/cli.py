@@ -82,6 +82,22 @@ def _cmd_mixture(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_train(args: argparse.Namespace) -> int:
+    if args.nproc > 1:
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(args.nproc),
+               "-m", "ecomvlm.recipes.vlm_train", "--config-name", args.recipe, *args.overrides]
+        os.execv(sys.executable, cmd)
+    from ecomvlm.recipes.models.registry import compose
+    from ecomvlm.recipes.vlm_train import run
+
+    summary = run(compose(args.recipe, args.overrides))
+    losses = summary["losses"]
+    if losses:
+        print(f"trained steps {summary['start_step'] + 1}-{summary['start_step'] + len(losses)}: loss "
+              f"{losses[0]:.3f} -> {losses[-1]:.3f}; checkpoint {summary['final_checkpoint']}")
+    return 0
+
+
 def _cmd_export(args: argparse.Namespace) -> int:
     from ecomvlm.recipes.export import export_checkpoint
 
@@ -156,8 +172,13 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--dtype", default="bf16", choices=["bf16", "fp16", "fp32"])
     ex.set_defaults(func=_cmd_export)
 
+    tr = sub.add_parser("train", help="run a training recipe: ecomvlm train RECIPE key=value ...")
+    tr.add_argument("recipe", help="a recipe config in conf/, e.g. tiny_siglip_qwen3_stage3_sft, siglip2_qwen3_8b_stage3_sft")
+    tr.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. data.shards=DIR trainer.max_steps=100")
+    tr.add_argument("--nproc", type=int, default=1, help="processes on this node (torchrun); 1 = run in this process")
+    tr.set_defaults(func=_cmd_train)
+
     for name, issue, help_ in (
-        ("train", 5, "run a training recipe (Hydra overrides: key=value)"),
         ("eval", 6, "evaluate an HF-format checkpoint on benchmarks"),
         ("launch", 7, "submit a recipe to SLURM"),
     ):
@@ -178,8 +199,10 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except (ValueError, FileNotFoundError, KeyError, NotImplementedError) as e:  # user errors: one clear line, no traceback
-        if os.environ.get("ECOMVLM_DEBUG"):
+    except Exception as e:  # user errors: one clear line, no traceback (ECOMVLM_DEBUG=1 shows it)
+        user_error = isinstance(e, (ValueError, OSError, KeyError, NotImplementedError)) or \
+            type(e).__module__.split(".")[0] in ("hydra", "omegaconf")
+        if os.environ.get("ECOMVLM_DEBUG") or not user_error:
             raise
         print(f"ecomvlm: error: {e}", file=sys.stderr)
         return 2

@@ -1,17 +1,21 @@
-"""`make demo` / `ecomvlm demo`: the main job on CPU, end to end, with what exists today.
+"""`make demo` / `ecomvlm demo`: the main job on CPU, end to end, on a tiny SigLIP x Qwen3-style VLM.
 
-Steps (each prints what it did):
-  1. synthesise an e-commerce dataset (images + LLaVA JSON + eval sets)
-  2. build a tiny ChatML tokenizer on its text
-  3. a tiny megatron-core decoder (CPU shim, gloo, TP=1) trains on the stage-3 instruction answers
-     (loss on assistant tokens only) and its held-out loss is shown before/after
-The vision stages, shards, export and evaluation join this demo as their issues land (see README).
+  1. synthesise e-commerce products (pictures with visible colour, category, brand, EAN, warnings) + LLaVA JSON
+  2. tiny ChatML tokenizer; WebDataset shards for each stage (`ecomvlm data shards` underneath)
+  3. the three LLaVA-OneVision stages with the real recipe (Lightning + megatron-core, megatron distributed
+     checkpoints, each stage starting from the previous stage's checkpoint), then item-intelligence fine-tuning
+     from stage 3 (a task model, as in the paper)
+  4. export to HF LLaVA directories and answer held-out colour / category questions with `transformers`
+     generation before and after training; item-intelligence JSON answers from the stage-3 and the fine-tuned model
+
+A tiny model starts from random weights here (no pretrained backbones can be downloaded), so the stages use a
+higher learning rate than the paper's; everything else is the code path of a real run.
 """
 
 from __future__ import annotations
 
 import json
-import random
+import re
 import time
 from pathlib import Path
 
@@ -20,110 +24,186 @@ from rich.table import Table
 
 console = Console()
 
+STAGES = [  # (recipe, shards, steps, steps in --quick)
+    ("stage1_alignment", "stage1", 60, 6),
+    ("stage2_mid", "stage2", 120, 6),
+    ("stage3_sft", "stage3", 600, 12),
+    ("item_intel_ft", "item_intel", 150, 4),
+]
+COMMON = ["model.encoder.image_size=64", "data.max_seq_length=512", "data.micro_batch_size=2",
+          "data.global_batch_size=8", "data.num_workers=1", "optim.lr=3e-3", "optim.min_lr=3e-4",
+          "optim.vision_lr_mult=1.0", "trainer.log_every=20"]
 
-def _conversations(path: Path) -> list[list[dict[str, str]]]:
-    from ecomvlm.data_modules.chat_templates import llava_to_messages
 
-    return [llava_to_messages(r["conversations"]) for r in json.loads(path.read_text())]
+def _norm(s: str) -> str:
+    return re.sub(r"[^a-z0-9 ]", "", s.lower().replace("gray", "grey")).strip()
+
+
+def answer_accuracy(hf_dir: Path, items: list[dict], data_dir: Path, question: str, field: str) -> float:
+    """Greedy answers of the exported model to `question` on each item's front image, exact after normalising."""
+    import torch
+    from PIL import Image
+    from transformers import AutoProcessor, LlavaForConditionalGeneration
+
+    model = LlavaForConditionalGeneration.from_pretrained(hf_dir).eval()
+    proc = AutoProcessor.from_pretrained(hf_dir)
+    prompt = proc.tokenizer.apply_chat_template([{"role": "user", "content": "<image>\n" + question}],
+                                                tokenize=False, add_generation_prompt=True)
+    correct = 0
+    for i in range(0, len(items), 16):
+        chunk = items[i:i + 16]
+        images = [Image.open(data_dir / it["images"][0]).convert("RGB") for it in chunk]
+        inputs = proc(images=images, text=[prompt] * len(chunk), return_tensors="pt", padding=True)
+        with torch.no_grad():
+            out = model.generate(**inputs, max_new_tokens=6, do_sample=False,
+                                 pad_token_id=proc.tokenizer.pad_token_id)
+        for it, seq in zip(chunk, out[:, inputs["input_ids"].shape[1]:]):
+            text = proc.tokenizer.decode(seq, skip_special_tokens=True)
+            correct += _norm(text) == _norm(it[field])
+    return correct / max(1, len(items))
+
+
+def item_intel_scores(hf_dir: Path, items: list[dict], data_dir: Path) -> dict[str, float]:
+    """Multi-image item intelligence: share of answers that parse as JSON, and of those giving the right
+    brand and colour (a field-level stand-in for the paper's LLM-judge metrics, which need a judge model)."""
+    import torch
+    from PIL import Image
+    from transformers import AutoProcessor, LlavaForConditionalGeneration
+
+    from ecomvlm.data_modules.synth import ITEM_INTEL_PROMPT
+
+    model = LlavaForConditionalGeneration.from_pretrained(hf_dir).eval()
+    proc = AutoProcessor.from_pretrained(hf_dir)
+    parsed = brand = colour = 0
+    for it in items:
+        images = [Image.open(data_dir / p).convert("RGB") for p in it["images"]]
+        prompt = proc.tokenizer.apply_chat_template(
+            [{"role": "user", "content": "<image>\n" * len(images) + ITEM_INTEL_PROMPT}], tokenize=False,
+            add_generation_prompt=True)
+        inputs = proc(images=images, text=[prompt], return_tensors="pt")
+        with torch.no_grad():
+            out = model.generate(**inputs, max_new_tokens=160, do_sample=False)
+        text = proc.tokenizer.decode(out[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
+        try:
+            ans = json.loads(text)
+            attrs = ans.get("attributes", {}) if isinstance(ans, dict) else {}
+        except json.JSONDecodeError:
+            continue
+        parsed += 1
+        brand += attrs.get("brand_name") == it["brand"]
+        colour += attrs.get("colors") == [it["colour"]]
+    n = max(1, len(items))
+    return {"valid_json": parsed / n, "brand": brand / n, "colour": colour / n}
 
 
 def run_demo(workdir: Path, quick: bool = False) -> int:
     import torch
 
-    from ecomvlm.data_modules.chat_templates import get_chat_format
-    from ecomvlm.data_modules.conversation import tokenize_conversation
-    from ecomvlm.data_modules.synth import SynthConfig, synthesize
+    from ecomvlm.data_modules.shards import ShardConfig, make_shards
+    from ecomvlm.data_modules.synth import COLOURS, SynthConfig, synthesize
     from ecomvlm.data_modules.tiny_tokenizer import build_tiny_tokenizer, save_tiny_tokenizer
-    from ecomvlm.recipes.models.decoder import DecoderConfig, build_gpt
-    from ecomvlm.recipes.models.parallel import ParallelConfig, destroy_distributed, init_distributed
+    from ecomvlm.recipes.models.convert import gather_full_state
+    from ecomvlm.recipes.models.hf_io import export_llava_hf
+    from ecomvlm.recipes.models.parallel import ParallelConfig, init_distributed
+    from ecomvlm.recipes.models.registry import compose, vlm_config_from_cfg
+    from ecomvlm.recipes.models.vlm import build_vlm
+    from ecomvlm.recipes.vlm_train import run as train_stage
 
     t0 = time.time()
+    workdir = workdir.resolve()
     workdir.mkdir(parents=True, exist_ok=True)
-    n_items, steps = (60, 30) if quick else (400, 150)
+    n_items, n_eval = (80, 20) if quick else (800, 100)
 
     console.rule("[bold]1. synthetic e-commerce data")
-    data_dir = workdir / "data"
-    manifest = synthesize(SynthConfig(out=data_dir, n=n_items, n_eval=n_items // 4, seed=0, image_size=128))
-    console.print(f"wrote {manifest['images']} images and {sum(manifest['records'].values())} records to {data_dir}")
+    data = workdir / "data"
+    manifest = synthesize(SynthConfig(out=data, n=n_items, n_eval=n_eval, seed=0, image_size=64))
+    console.print(f"{manifest['images']} images, {sum(manifest['records'].values())} records -> {data}")
 
-    console.rule("[bold]2. tiny tokenizer (ChatML / Qwen3 style)")
-    convs = _conversations(data_dir / "train" / "stage3_instruct.json")
-    corpus = [m["content"] for c in convs for m in c]
-    fmt = get_chat_format("chatml")
-    tokenizer = build_tiny_tokenizer("chatml", corpus=corpus, vocab_size=600)
-    save_tiny_tokenizer(tokenizer, workdir / "tokenizer")
-    console.print(f"vocab {len(tokenizer)} tokens, saved to {workdir / 'tokenizer'}")
+    console.rule("[bold]2. tokenizer and shards")
+    texts = [t["value"] for f in sorted((data / "train").glob("*.json")) for r in json.loads(f.read_text())
+             for t in r["conversations"]]
+    tok = build_tiny_tokenizer("chatml", corpus=texts, vocab_size=1000)
+    save_tiny_tokenizer(tok, workdir / "tokenizer")
+    sources = {"stage1": "stage1_captions", "stage2": "stage2_recap_ocr", "stage3": "stage3_instruct",
+               "item_intel": "item_intel_train"}
+    for name, src in sources.items():
+        m = make_shards(ShardConfig([data / "train" / f"{src}.json"], workdir / "shards" / name, image_root=data,
+                                    samples_per_shard=500, workers=1))
+        console.print(f"shards/{name}: {m['samples']} samples in {len(m['shards'])} shards, skipped {m['skipped']}")
 
-    console.rule("[bold]3. tiny megatron-core decoder learns the instruction answers (CPU)")
-    examples = [tokenize_conversation(c, tokenizer, fmt) for c in convs]
-    max_len = 160
-    examples = [e for e in examples if 2 < len(e) <= max_len]
-    rng = random.Random(0)
-    rng.shuffle(examples)
-    n_val = max(8, len(examples) // 10)
-    val, train = examples[:n_val], examples[n_val:]
+    eval_items = [json.loads(l) for l in (data / "items.jsonl").read_text().splitlines()]
+    eval_items = [it for it in eval_items if it["split"] == "eval"]
+    colour_q = "What is the main colour of this item? Answer with a short phrase."
+    category_q = "What kind of product is this? Answer with a short phrase."
 
-    def batch(exs):
-        L = max(len(e) for e in exs)
-        ids = torch.full((len(exs), L), tokenizer.pad_token_id, dtype=torch.long)
-        mask = torch.zeros((len(exs), L))
-        for i, e in enumerate(exs):
-            ids[i, : len(e)] = torch.tensor(e.input_ids)
-            mask[i, : len(e)] = torch.tensor(e.loss_mask, dtype=torch.float)
-        return ids[:, :-1], ids[:, 1:], mask[:, 1:]
+    def evaluate(hf_dir: Path) -> dict[str, float]:
+        return {"colour": answer_accuracy(hf_dir, eval_items, data, colour_q, "colour"),
+                "category": answer_accuracy(hf_dir, eval_items, data, category_q, "category")}
 
+    console.rule("[bold]3. untrained model -> HF export -> held-out questions")
+    base = ["model=tiny_siglip_qwen3", f"tokenizer.path={workdir / 'tokenizer'}", *COMMON]
     info = init_distributed(ParallelConfig(), seed=1234)
-    vocab = ((len(tokenizer) + 63) // 64) * 64
-    dec = DecoderConfig(family="qwen3", num_layers=2, hidden_size=96, ffn_hidden_size=256, num_attention_heads=4,
-                        num_query_groups=2, vocab_size=vocab, max_position_embeddings=max_len, qk_layernorm=True)
-    model = build_gpt(dec, ParallelConfig())
+    cfg = vlm_config_from_cfg(compose("train", base + ["data.shards=x"]).model,
+                              image_token_id=tok.convert_tokens_to_ids("<image>"))
+    torch.manual_seed(1234)
+    untrained = build_vlm(cfg, ParallelConfig()).eval()
+    before = evaluate(export_llava_hf(gather_full_state(untrained), cfg, tok, workdir / "hf_untrained",
+                                      dtype=torch.float32))
+    console.print(f"before training: colour accuracy {before['colour']:.2f}, category accuracy "
+                  f"{before['category']:.2f} (chance: {1 / len(COLOURS):.2f} / 0.12)")
 
-    def masked_loss(exs) -> torch.Tensor:
-        inp, lab, mask = batch(exs)
-        pos = torch.arange(inp.shape[1]).unsqueeze(0).expand(inp.shape[0], -1)
-        per_tok = model(inp, pos, attention_mask=None, labels=lab)
-        return (per_tok * mask).sum() / mask.sum()
+    console.rule("[bold]4. training: stage 1 -> 2 -> 3, then item-intelligence fine-tuning (Lightning + megatron-core)")
+    rows, ckpts, previous = [], {}, None
+    for recipe, shards, steps, quick_steps in STAGES:
+        n = quick_steps if quick else steps
+        over = [*base, f"recipe={recipe}", f"data.shards={workdir / 'shards' / shards}",
+                f"run.dir={workdir / 'runs' / recipe}", f"trainer.max_steps={n}", f"trainer.save_every={n}",
+                f"recipe.warmup_steps={max(1, n // 10)}"]
+        if previous:
+            over.append(f"init.from_checkpoint={previous}")
+        st = time.time()
+        s = train_stage(compose("train", over))
+        previous = ckpts[recipe] = s["final_checkpoint"]
+        tps = sum(s["tokens_per_s"]) / max(1, len(s["tokens_per_s"]))
+        rows.append((recipe, str(len(s["losses"])), f"{s['losses'][0]:.3f}" if s["losses"] else "-",
+                     f"{s['losses'][-1]:.3f}" if s["losses"] else "-", f"{tps:,.0f}", f"{time.time() - st:.0f}s"))
+        console.print(f"{recipe}: {len(s['losses'])} steps, loss {rows[-1][2]} -> {rows[-1][3]}, "
+                      f"checkpoint {previous}")
 
-    @torch.no_grad()
-    def val_loss() -> float:
-        model.eval()
-        out = sum(masked_loss(val[i: i + 16]).item() for i in range(0, len(val), 16)) / len(range(0, len(val), 16))
-        model.train()
-        return out
+    console.rule("[bold]5. export (ecomvlm export) and ask the same questions")
+    from ecomvlm.recipes.export import export_checkpoint
 
-    before = val_loss()
-    opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.0)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=3e-3, total_steps=steps, pct_start=0.1)
-    first = None
-    for step in range(steps):
-        exs = [train[(step * 16 + j) % len(train)] for j in range(16)]
-        loss = masked_loss(exs)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        sched.step()
-        first = loss.item() if first is None else first
-        if step % max(1, steps // 5) == 0 or step == steps - 1:
-            console.print(f"step {step:4d}  train loss {loss.item():.3f}")
-    after = val_loss()
-    destroy_distributed()
-    n_params = sum(p.numel() for p in model.parameters())
+    general = export_checkpoint(ckpts["stage3_sft"], workdir / "hf_stage3", dtype="fp32")
+    item_model = export_checkpoint(ckpts["item_intel_ft"], workdir / "hf_item_intel", dtype="fp32")
+    after = evaluate(general)
+    ii_items = eval_items[: 10 if quick else 40]
+    ii_before, ii_after = item_intel_scores(general, ii_items, data), item_intel_scores(item_model, ii_items, data)
+    hf_dir = general
 
-    table = Table(title="demo summary")
-    table.add_column("what")
-    table.add_column("value", justify="right")
-    table.add_row("items (train / eval)", f"{manifest['items']['train']} / {manifest['items']['eval']}")
-    table.add_row("decoder params", f"{n_params:,}")
-    table.add_row("device", str(info["device"]))
-    table.add_row("held-out answer loss before", f"{before:.3f}")
-    table.add_row("held-out answer loss after", f"{after:.3f}")
-    table.add_row("wall time", f"{time.time() - t0:.0f} s")
+    table = Table(title="training stages (tiny SigLIP x Qwen3-style VLM, CPU)")
+    for col in ("stage", "steps", "first loss", "last loss", "tokens/s", "time"):
+        table.add_column(col, justify="left" if col == "stage" else "right")
+    for r in rows:
+        table.add_row(*r)
     console.print(table)
-    console.print("[dim]Not in this demo yet: vision stages, shards, HF export, benchmarks (issues #3-#7).[/dim]")
+    res = Table(title=f"held-out products ({len(eval_items)}): exact answers after normalisation")
+    for col in ("question", "before training", "after training"):
+        res.add_column(col, justify="left" if col == "question" else "right")
+    res.add_row("main colour (10 colours)", f"{before['colour']:.2f}", f"{after['colour']:.2f}")
+    res.add_row("product category (8 kinds)", f"{before['category']:.2f}", f"{after['category']:.2f}")
+    console.print(res)
+    ii = Table(title=f"multi-image item intelligence ({len(ii_items)} held-out items, JSON answers)")
+    for col in ("share of items", "stage-3 model", "after item-intelligence fine-tuning"):
+        ii.add_column(col, justify="left" if col == "share of items" else "right")
+    for k, label in (("valid_json", "answer parses as JSON"), ("brand", "brand_name right"), ("colour", "colors right")):
+        ii.add_row(label, f"{ii_before[k]:.2f}", f"{ii_after[k]:.2f}")
+    console.print(ii)
+    console.print(f"HF exports: {general}, {item_model} (transformers LlavaForConditionalGeneration); wall time "
+                  f"{time.time() - t0:.0f} s")
     (workdir / "demo_result.json").write_text(json.dumps(
-        {"val_loss_before": before, "val_loss_after": after, "steps": steps, "params": n_params}, indent=2) + "\n")
-    if not after < before:
-        console.print("[red]the decoder did not learn: held-out loss did not decrease[/red]")
+        {"before": before, "after": after, "item_intel": {"stage3": ii_before, "item_intel_ft": ii_after},
+         "stages": rows, "hf_dir": str(hf_dir), "quick": quick}, indent=2) + "\n")
+    if not quick and after["colour"] < 0.8:
+        console.print("[red]colour accuracy after training is below 0.8: the demo did not learn enough[/red]")
         return 1
     return 0

@@ -164,7 +164,8 @@ class EcomVLM(_megatron_module()):
 
 
 def build_vlm(cfg: VLMConfig, parallel: ParallelConfig, *, params_dtype=torch.float32, world_size: int | None = None,
-              pre_process: bool | None = None, post_process: bool | None = None, precision=None) -> EcomVLM:
+              pre_process: bool | None = None, post_process: bool | None = None, precision=None,
+              config_overrides: dict[str, Any] | None = None) -> EcomVLM:
     """Build this rank's stage of the VLM. Validates the parallel layout against both towers first."""
     from megatron.core import parallel_state
 
@@ -185,9 +186,9 @@ def build_vlm(cfg: VLMConfig, parallel: ParallelConfig, *, params_dtype=torch.fl
         pre_process = parallel_state.is_pipeline_first_stage()
     if post_process is None:
         post_process = parallel_state.is_pipeline_last_stage()
-    overrides = {}
+    overrides = dict(config_overrides or {})
     if precision is not None:  # a registry.PrecisionConfig: dtype + FP8 settings (validated there)
         params_dtype = precision.dtype
-        overrides = precision.transformer_overrides()
+        overrides.update(precision.transformer_overrides())
     return EcomVLM(cfg, parallel, pre_process=pre_process, post_process=post_process, params_dtype=params_dtype,
                    config_overrides=overrides)
