@@ -15,7 +15,7 @@ def test_console_script_help_lists_every_subcommand():
         assert cmd in out.stdout
 
 
-@pytest.mark.parametrize("cmd", [["train", "stage1"], ["eval"], ["launch"]])
+@pytest.mark.parametrize("cmd", [["eval"], ["launch"]])
 def test_unfinished_subcommands_say_so_and_fail(cmd, capsys):
     assert main(cmd) == NOT_IMPLEMENTED_EXIT
     assert "not implemented yet" in capsys.readouterr().err
@@ -35,3 +35,8 @@ def test_bad_flag_value_is_a_one_line_error(tmp_path, capsys):
 def test_export_of_a_missing_checkpoint_names_it(tmp_path, capsys):
     assert main(["export", "--checkpoint", str(tmp_path / "nope"), "--out", str(tmp_path / "hf")]) == 2
     assert "nope/meta.json not found" in capsys.readouterr().err
+
+
+def test_unknown_recipe_is_a_one_line_error(capsys):
+    assert main(["train", "no_such_recipe", "data.shards=x"]) == 2
+    assert "no_such_recipe" in capsys.readouterr().err

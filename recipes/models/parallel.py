@@ -91,10 +91,12 @@ def dist_env() -> dict[str, Any]:
                 "running under srun with several tasks but MASTER_ADDR is unset; the sbatch script must export "
                 "MASTER_ADDR (first host of SLURM_JOB_NODELIST) and MASTER_PORT - use `ecomvlm launch`"
             )
+        env.setdefault("MASTER_ADDR", "127.0.0.1")
+        env.setdefault("MASTER_PORT", "29500")
     else:
+        # a lone process: its own free port (an inherited MASTER_PORT may belong to the parent's process group)
         rank, world, local = 0, 1, 0
-    env.setdefault("MASTER_ADDR", "127.0.0.1")
-    env.setdefault("MASTER_PORT", str(_free_port()))
+        env["MASTER_ADDR"], env["MASTER_PORT"] = "127.0.0.1", str(_free_port())
     return {"rank": rank, "world_size": world, "local_rank": local}
 
 
