@@ -65,8 +65,10 @@ class LoaderConfig:
     pad_to_multiple_of: int = 1  # 16 under FP8
 
     def shard_paths(self) -> list[Path]:
+        import glob
+
         p = Path(self.shards)
-        paths = sorted(p.glob("shard-*.tar")) if p.is_dir() else sorted(Path().glob(self.shards))
+        paths = sorted(p.glob("shard-*.tar")) if p.is_dir() else sorted(Path(x) for x in glob.glob(self.shards))
         if not paths:
             raise FileNotFoundError(f"no shard-*.tar found at {self.shards!r}; make them with `ecomvlm data shards`")
         return paths

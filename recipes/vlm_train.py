@@ -89,8 +89,11 @@ def run(cfg) -> dict[str, Any]:
         start_step, resume_state = int(meta["step"]), (latest, meta)
         source = f"resumed {latest}"
     elif c["init"].get("from_checkpoint"):
-        ckpt.load_checkpoint(model, c["init"]["from_checkpoint"])
-        source = f"checkpoint {c['init']['from_checkpoint']}"
+        src = Path(c["init"]["from_checkpoint"])
+        if not (src / "meta.json").is_file() and (src / "checkpoints").is_dir():  # a run dir: take its latest
+            src = ckpt.latest_checkpoint(src / "checkpoints") or src
+        ckpt.load_checkpoint(model, src)
+        source = f"checkpoint {src}"
     elif c["init"].get("hf_llava") or c["init"].get("hf_decoder"):
         from ecomvlm.recipes.models.hf_io import load_hf_into
 

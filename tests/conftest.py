@@ -6,6 +6,7 @@ Markers (pyproject.toml): slow, multiproc, slurm, gpu. `make test` runs everythi
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -18,6 +19,17 @@ REPO = Path(__file__).resolve().parents[1]
 FAMILIES = ("llama3", "chatml", "gemma3")
 
 
+def _slurm_up() -> bool:
+    """sbatch exists and the controller answers with a usable node (.ci/start_slurm.sh brings it up)."""
+    if shutil.which("sbatch") is None or shutil.which("sinfo") is None:
+        return False
+    try:
+        out = subprocess.run(["sinfo", "-h", "-o", "%T"], capture_output=True, text=True, timeout=10).stdout
+    except (subprocess.TimeoutExpired, OSError):
+        return False
+    return any(state in out for state in ("idle", "mixed", "allocated"))
+
+
 def pytest_collection_modifyitems(config, items):
     try:
         import torch
@@ -25,7 +37,7 @@ def pytest_collection_modifyitems(config, items):
         has_cuda = torch.cuda.is_available()
     except Exception:  # pragma: no cover - torch is a hard dependency
         has_cuda = False
-    has_slurm = shutil.which("sbatch") is not None and shutil.which("squeue") is not None
+    has_slurm = _slurm_up()
     for item in items:
         if "gpu" in item.keywords and not has_cuda:
             item.add_marker(pytest.mark.skip(reason="needs a CUDA device"))
@@ -73,6 +85,24 @@ def megatron_single():
     info = init_distributed(ParallelConfig(), seed=1234)
     yield info
     destroy_distributed()
+
+
+@pytest.fixture(scope="session")
+def tiny_train_inputs(tmp_path_factory):
+    """Synthetic data -> shards for stage 1 and stage 3, and a tiny ChatML tokenizer saved to disk."""
+    from ecomvlm.data_modules.shards import ShardConfig, make_shards
+    from ecomvlm.data_modules.synth import SynthConfig, synthesize
+    from ecomvlm.data_modules.tiny_tokenizer import build_tiny_tokenizer, save_tiny_tokenizer
+
+    w = tmp_path_factory.mktemp("train")
+    synthesize(SynthConfig(out=w / "data", n=40, n_eval=4, image_size=48))
+    for name, src in (("s1", "stage1_captions"), ("s3", "stage3_instruct")):
+        make_shards(ShardConfig([w / "data" / "train" / f"{src}.json"], w / name, image_root=w / "data",
+                                samples_per_shard=40, workers=1))
+    texts = [t["value"] for r in json.loads((w / "data/train/stage3_instruct.json").read_text())
+             for t in r["conversations"]]
+    save_tiny_tokenizer(build_tiny_tokenizer("chatml", corpus=texts, vocab_size=600), w / "tok")
+    return w
 
 
 def run_torchrun(script: Path, nproc: int, *args: str, timeout: int = 300) -> subprocess.CompletedProcess:

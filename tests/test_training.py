@@ -14,36 +14,18 @@ from conftest import REPO, run_torchrun
 WORKER = REPO / "tests" / "workers" / "train_recipe.py"
 
 
-@pytest.fixture(scope="module")
-def train_inputs(tmp_path_factory):
-    """Synthetic data -> shards for stage 1 and stage 3, and a tiny ChatML tokenizer saved to disk."""
-    from ecomvlm.data_modules.shards import ShardConfig, make_shards
-    from ecomvlm.data_modules.synth import SynthConfig, synthesize
-    from ecomvlm.data_modules.tiny_tokenizer import build_tiny_tokenizer, save_tiny_tokenizer
-
-    w = tmp_path_factory.mktemp("train")
-    synthesize(SynthConfig(out=w / "data", n=40, n_eval=4, image_size=48))
-    for name, src in (("s1", "stage1_captions"), ("s3", "stage3_instruct")):
-        make_shards(ShardConfig([w / "data" / "train" / f"{src}.json"], w / name, image_root=w / "data",
-                                samples_per_shard=40, workers=1))
-    texts = [t["value"] for r in json.loads((w / "data/train/stage3_instruct.json").read_text())
-             for t in r["conversations"]]
-    save_tiny_tokenizer(build_tiny_tokenizer("chatml", corpus=texts, vocab_size=600), w / "tok")
-    return w
-
-
 def _overrides(w: Path, run_dir: Path, *extra: str, shards: str = "s3") -> list[str]:
     return [f"tokenizer.path={w / 'tok'}", f"data.shards={w / shards}", f"run.dir={run_dir}",
             "data.global_batch_size=4", "data.micro_batch_size=2", "data.max_seq_length=192", "data.num_workers=0",
             "model.encoder.image_size=32", "optim.lr=1e-3", "recipe.warmup_steps=2", *extra]
 
 
-def test_stage1_trains_only_the_projector(megatron_single, train_inputs, tmp_path):
+def test_stage1_trains_only_the_projector(megatron_single, tiny_train_inputs, tmp_path):
     from ecomvlm.recipes.checkpointing import load_checkpoint
     from ecomvlm.recipes.models.registry import compose
     from ecomvlm.recipes.vlm_train import run
 
-    w = train_inputs
+    w = tiny_train_inputs
     s1 = run(compose("train", _overrides(w, tmp_path / "s1", "recipe=stage1_alignment", "trainer.max_steps=3",
                                          "trainer.save_every=3", shards="s1")))
     first = s1["final_checkpoint"]
@@ -69,8 +51,8 @@ def test_stage1_trains_only_the_projector(megatron_single, train_inputs, tmp_pat
 
 
 @pytest.mark.multiproc
-def test_killed_run_resumes_on_the_same_loss_trajectory(train_inputs, tmp_path):
-    w = train_inputs
+def test_killed_run_resumes_on_the_same_loss_trajectory(tiny_train_inputs, tmp_path):
+    w = tiny_train_inputs
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     common = ["recipe=stage3_sft", "trainer.max_steps=6", "trainer.save_every=3"]
     straight = subprocess.run([sys.executable, str(WORKER), *_overrides(w, tmp_path / "a", *common)], cwd=REPO,
@@ -92,8 +74,8 @@ def test_killed_run_resumes_on_the_same_loss_trajectory(train_inputs, tmp_path):
 
 
 @pytest.mark.multiproc
-def test_tp2_training_steps_equal_tp1(train_inputs, tmp_path):
-    w = train_inputs
+def test_tp2_training_steps_equal_tp1(tiny_train_inputs, tmp_path):
+    w = tiny_train_inputs
     common = ["recipe=stage3_sft", "trainer.max_steps=3", "trainer.save_every=100"]
     run_torchrun(WORKER, 1, *_overrides(w, tmp_path / "tp1", *common), timeout=600)
     run_torchrun(WORKER, 2, *_overrides(w, tmp_path / "tp2", *common, "parallel=tp2"), timeout=600)

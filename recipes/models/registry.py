@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 
+from ecomvlm.config import compose  # noqa: F401 - re-exported for recipes and tests
 from ecomvlm.recipes.models.decoder import DecoderConfig, te_available
 from ecomvlm.recipes.models.encoder import EncoderConfig
 from ecomvlm.recipes.models.parallel import ParallelConfig
@@ -117,17 +118,6 @@ class PrecisionConfig:
 
 def precision_from_cfg(cfg: Any) -> PrecisionConfig:
     return _build(PrecisionConfig, _plain(cfg), "precision")
-
-
-def compose(config_name: str = "vlm", overrides: list[str] | None = None):
-    """Compose a config from the packaged conf/ tree (same as a Hydra app would)."""
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_module
-    from hydra.core.global_hydra import GlobalHydra
-
-    GlobalHydra.instance().clear()
-    with initialize_config_module(config_module=CONF_MODULE, version_base="1.3"):
-        return hydra_compose(config_name=config_name, overrides=list(overrides or []))
 
 
 def list_models() -> list[str]:
