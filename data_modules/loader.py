@@ -147,7 +147,10 @@ class ShardStream(IterableDataset):
             produced += 1
             if produced <= my_skip:
                 return None
-            return collate_rows(rows, pad, multiple_of=cfg.pad_to_multiple_of)
+            batch = collate_rows(rows, pad, multiple_of=cfg.pad_to_multiple_of)
+            # skip/cap counters live in this (worker) process: ship a snapshot with every batch
+            batch["worker_stats"] = (wid, dict(self.stats))
+            return batch
 
         if not cfg.pack:
             batch = []
@@ -196,6 +199,15 @@ class VLMDataModule(LightningDataModule):
         self.dataset = ShardStream(cfg, tokenizer, chat_format, image_spec, image_token_id, rank, world_size)
         self.epoch = 0
         self.in_epoch = 0
+        self._worker_stats: dict[int, dict[str, int]] = {}
+
+    @property
+    def stats(self) -> dict[str, int]:
+        """Samples built, skipped (by reason) and capped/downscaled/truncated, summed over loader workers."""
+        total: Counter = Counter()
+        for st in self._worker_stats.values():
+            total.update(st)
+        return dict(sorted(total.items()))
 
     def train_dataloader(self) -> DataLoader:
         self.dataset.epoch, self.dataset.skip_batches = self.epoch, self.in_epoch
@@ -208,10 +220,12 @@ class VLMDataModule(LightningDataModule):
             for batch in self.train_dataloader():
                 n += 1
                 self.in_epoch += 1
+                wid, st = batch.pop("worker_stats")
+                self._worker_stats[(self.epoch, wid)] = st
                 yield batch
             if n == 0 and self.in_epoch == 0:
                 raise RuntimeError("the data stream produced no batch: every sample was skipped or the shards are "
-                                   f"empty (stats: {dict(self.dataset.stats)})")
+                                   f"empty (stats: {self.stats or dict(self.dataset.stats)})")
             self.epoch += 1
             self.in_epoch = 0
 

@@ -183,7 +183,7 @@ def run(cfg) -> dict[str, Any]:
         trainer.fit(module, train_dataloaders=loader)
     summary = {"start_step": start_step, "losses": [h["loss"] for h in module.history],
                "tokens_per_s": [h["tokens_per_s"] for h in module.history], "checkpoints": checkpointer.saved,
-               "init": source, "data_stats": dict(dm.dataset.stats), "run_dir": str(run_dir)}
+               "init": source, "data_stats": dm.stats, "run_dir": str(run_dir)}
     final = ckpt.latest_checkpoint(run_dir / "checkpoints")
     summary["final_checkpoint"] = str(final) if final else None
     if c.get("export", {}).get("hf_dir") and info["world_size"] == 1:

@@ -284,10 +284,12 @@ def test_resumed_stream_continues_exactly(tiny_tokenizers, shard_dir):
         assert torch.equal(got["input_ids"], want["input_ids"]) and got["cu_seqlens"] == want["cu_seqlens"]
 
 
-def test_stream_counts_too_long_samples(tiny_tokenizers, shard_dir):
+@pytest.mark.parametrize("workers", [0, 2])
+def test_stream_counts_too_long_samples_across_workers(tiny_tokenizers, shard_dir, workers):
     tok = tiny_tokenizers["chatml"]
-    dm = _dm(tok, shard_dir)
-    dm.cfg.max_seq_length = dm.dataset.sample_cfg.max_seq_length = 60
-    batches = list(dm.train_dataloader())
-    assert dm.dataset.stats["skipped:too_long"] > 0 and dm.dataset.stats["samples"] > 0
-    assert all(b["input_ids"].shape[1] <= 60 for b in batches)
+    dm = _dm(tok, shard_dir, num_workers=workers)
+    dm.dataset.sample_cfg.max_seq_length = dm.cfg.max_seq_length = 100
+    it = dm.batches()
+    batches = [next(it) for _ in range(3)]
+    assert dm.stats["skipped:too_long"] > 0 and dm.stats["samples"] > 0
+    assert all(b["input_ids"].shape[1] <= 100 for b in batches)
