@@ -414,6 +414,23 @@ def training_records(item: Item, rng: random.Random) -> dict[str, list[dict[str,
         {"id": f"{item.item_id}-listing", "image": front,
          "conversations": _turns(("<image>\nWrite a short listing title for this item.", item.title))},
     ]
+    if item.category in APPAREL or item.category in ("Sneakers", "Handbag"):
+        # classification-style instructions (the Deep Fashion Understanding prompt format), sometimes with
+        # title & category context that does not give the answer away
+        if item.category in APPAREL:
+            attr = rng.choice(["Sleeve Length", "Neckline", "Pattern", "Colour"])
+            classes = {"Sleeve Length": SLEEVES, "Neckline": ["Crew Neck", "V-Neck", "Collar"], "Pattern": PATTERNS,
+                       "Colour": list(COLOURS)}[attr]
+            q = f"Classify the {attr.lower()} of this garment. Options: {', '.join(classes)}. Answer with one option."
+            ans = attrs[attr]
+        else:
+            q = (f"Which brand is this {item.category.lower()}? Options: {', '.join(BRANDS)}. "
+                 "Answer with one option.")
+            ans = item.brand
+        if rng.random() < 0.5:
+            title = " ".join(w for w in item.title.split() if w.lower() not in ans.lower().split())
+            q = f"Title: {title}\nCategory: {item.department} > {item.category}\n{q}"
+        stage3.append({"id": f"{item.item_id}-cls", "image": front, "conversations": _turns(("<image>\n" + q, ans))})
     if rng.random() < 0.1:  # text-only samples exist in real mixtures; the loader must handle them
         first12 = item.ean[:12]
         stage3.append({"id": f"{item.item_id}-text", "conversations": _turns(

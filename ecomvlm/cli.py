@@ -8,6 +8,7 @@ never pretends to work.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from pathlib import Path
@@ -125,6 +126,34 @@ def _cmd_launch(args: argparse.Namespace) -> int:
         time.sleep(2)
 
 
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from ecomvlm.eval.runner import ECOMMERCE, evaluate, table1_csv, table1_markdown
+
+    benches = ECOMMERCE if args.benchmarks == "ecommerce" else [b.strip() for b in args.benchmarks.split(",") if b]
+    unknown = sorted(set(benches) - set(ECOMMERCE))
+    if unknown:
+        raise ValueError(f"unknown benchmarks {unknown}; available here: {ECOMMERCE} (item_intel needs the LLM judge, "
+                         f"public benchmarks their datasets: issue #6)")
+    console = Console(stderr=True)
+    results = {}
+    for model in args.model:
+        name = Path(model).name
+        console.print(f"[bold]{name}[/bold]")
+        results[name] = evaluate(model, args.data, benches, args.out, limit=args.limit, batch_size=args.batch_size,
+                                 max_new_tokens=args.max_new_tokens,
+                                 progress=lambda b, m: console.print(f"  {b}: {m.get('accuracy', m.get('f1')):.1f} "
+                                                                     f"({m['n']} examples)"))
+    out = Path(args.out)
+    md = table1_markdown(results)
+    (out / "table.md").write_text(md)
+    (out / "table.csv").write_text(table1_csv(results))
+    (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    print(md, end="")
+    return 0
+
+
 def _cmd_export(args: argparse.Namespace) -> int:
     from ecomvlm.recipes.export import export_checkpoint
 
@@ -218,12 +247,16 @@ def build_parser() -> argparse.ArgumentParser:
     la.add_argument("--wait", action="store_true", help="wait for the job; exit non-zero if it failed")
     la.set_defaults(func=_cmd_launch)
 
-    for name, issue, help_ in (
-        ("eval", 6, "evaluate an HF-format checkpoint on benchmarks"),
-    ):
-        sp = sub.add_parser(name, help=help_)
-        sp.add_argument("rest", nargs=argparse.REMAINDER)
-        sp.set_defaults(func=_not_implemented(name, issue))
+    ev = sub.add_parser("eval", help="evaluate HF-format checkpoints on the e-commerce benchmarks")
+    ev.add_argument("--model", action="append", required=True, help="HF model directory (repeat to compare models)")
+    ev.add_argument("--data", required=True, help="folder with eval/<benchmark>.jsonl and the images")
+    ev.add_argument("--benchmarks", default="ecommerce",
+                    help="comma list, or 'ecommerce' for all Table-1 sets (default)")
+    ev.add_argument("--out", default="eval_out", help="results folder (per-benchmark JSON, table.md, table.csv)")
+    ev.add_argument("--limit", type=int, default=None, help="first N records of each benchmark")
+    ev.add_argument("--batch-size", type=int, default=8)
+    ev.add_argument("--max-new-tokens", type=int, default=64)
+    ev.set_defaults(func=_cmd_eval)
 
     d = sub.add_parser("demo", help="the main job on CPU: everything that exists, end to end")
     d.add_argument("--workdir", default="demo_out", help="where the demo writes (default ./demo_out)")

@@ -1,0 +1,121 @@
+"""Scorers of the paper's e-commerce benchmarks (pure functions over prediction strings; no model code).
+
+- Aspect Prediction: string match after normalisation (case, punctuation, whitespace, units, synonyms).
+- Deep Fashion Understanding: per-attribute classification accuracy; the prediction is mapped to one of the
+  offered classes (exact after normalisation, else the single class it mentions) before comparing.
+- Dynamic Attribute Extraction: schema-free key-value extraction; predictions are parsed as JSON or
+  ``key: value`` lines; precision = faithful predicted attributes / predicted, recall = faithful / reference.
+Unparseable outputs are counted (``unparsed``), never dropped.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import unicodedata
+from typing import Any
+
+UNIT_SYNONYMS = {
+    "millilitres": "ml", "milliliters": "ml", "milliliter": "ml", "millilitre": "ml", "litres": "l", "liters": "l",
+    "litre": "l", "liter": "l", "grams": "g", "gram": "g", "kilograms": "kg", "kilogram": "kg", "inches": "in",
+    "inch": "in", "centimetres": "cm", "centimeters": "cm",
+}
+
+
+def normalize(text: Any, synonyms: dict[str, str] | None = None) -> str:
+    """Lower-case, strip accents/punctuation, unify units ("500 Milliliters" == "500ml"), apply synonyms."""
+    s = unicodedata.normalize("NFKD", str(text)).encode("ascii", "ignore").decode().lower().strip()
+    s = re.sub(r"[\"'`.,;:!?()\[\]{}]", " ", s)
+    s = re.sub(r"[-_/]", " ", s)
+    words = [UNIT_SYNONYMS.get(w, w) for w in s.split()]
+    s = " ".join(words)
+    s = re.sub(r"(\d) (ml|l|g|kg|cm|in)\b", r"\1\2", s)  # "500 ml" -> "500ml"
+    s = re.sub(r"\s+", " ", s).strip()
+    if synonyms:
+        s = synonyms.get(s, s)
+    return s
+
+
+def aspect_match(prediction: str, answer: str, aliases: list[str] | None = None) -> bool:
+    """Exact after normalisation; a short prediction that *starts* with the answer ("Red." / "red colour") counts."""
+    pred = normalize(prediction)
+    targets = {normalize(a) for a in [answer, *(aliases or [])]}
+    if pred in targets:
+        return True
+    return any(pred.startswith(t + " ") and len(pred.split()) <= len(t.split()) + 2 for t in targets)
+
+
+def classify(prediction: str, classes: list[str]) -> str | None:
+    """Map a free-form answer to one of `classes` (None if it names none or several)."""
+    pred = normalize(prediction)
+    norm = {normalize(c): c for c in classes}
+    if pred in norm:
+        return norm[pred]
+    hits = [c for n, c in norm.items() if re.search(rf"\b{re.escape(n)}\b", pred)]
+    hits = [h for h in hits if not any(h != o and normalize(h) in normalize(o) for o in hits)]  # longest mention
+    return hits[0] if len(hits) == 1 else None
+
+
+def parse_attributes(text: str) -> dict[str, str] | None:
+    """A JSON object (possibly inside ```json fences) or `key: value` lines -> {key: value}; None if neither."""
+    t = text.strip()
+    fence = re.search(r"```(?:json)?\s*(.*?)```", t, re.S)
+    if fence:
+        t = fence.group(1).strip()
+    if t.startswith("{"):
+        try:
+            obj = json.loads(t)
+        except json.JSONDecodeError:
+            obj = None
+        if isinstance(obj, dict):
+            flat: dict[str, str] = {}
+            for k, v in obj.items():
+                flat[str(k)] = ", ".join(map(str, v)) if isinstance(v, list) else str(v)
+            return flat
+    pairs = {}
+    for line in t.splitlines():
+        m = re.match(r"^\s*[-*]?\s*([^:]{1,60}):\s*(.+?)\s*$", line)
+        if m:
+            pairs[m.group(1).strip()] = m.group(2).strip()
+    return pairs or None
+
+
+def dae_scores(prediction: str, reference: dict[str, str]) -> dict[str, float] | None:
+    """Precision/recall/F1 of attribute extraction for one item (keys and values normalised)."""
+    pred = parse_attributes(prediction)
+    if pred is None:
+        return None
+    ref = {normalize(k): normalize(v) for k, v in reference.items()}
+    got = {normalize(k): normalize(v) for k, v in pred.items()}
+    correct = sum(1 for k, v in got.items() if k in ref and (v == ref[k] or ref[k] in v.split(", ")))
+    p = correct / len(got) if got else 0.0
+    r = correct / len(ref) if ref else 0.0
+    return {"precision": p, "recall": r, "f1": 2 * p * r / (p + r) if p + r else 0.0}
+
+
+def score_records(task: str, records: list[dict[str, Any]], predictions: list[str]) -> dict[str, Any]:
+    """Aggregate metrics of one benchmark. Metrics are in [0, 100] like the paper's tables."""
+    if len(records) != len(predictions):
+        raise ValueError(f"{task}: {len(records)} records but {len(predictions)} predictions")
+    n = len(records)
+    if task.startswith("aspect"):
+        hits = [aspect_match(p, r["answer"], r.get("aliases")) for r, p in zip(records, predictions)]
+        per_aspect: dict[str, list[bool]] = {}
+        for r, h in zip(records, hits):
+            per_aspect.setdefault(r.get("aspect", "all"), []).append(h)
+        return {"accuracy": 100 * sum(hits) / max(1, n), "n": n,
+                "per_aspect": {k: 100 * sum(v) / len(v) for k, v in sorted(per_aspect.items())}}
+    if task.startswith("fashion"):
+        mapped = [classify(p, r["classes"]) for r, p in zip(records, predictions)]
+        per_attr: dict[str, list[bool]] = {}
+        for r, m in zip(records, mapped):
+            per_attr.setdefault(r.get("attribute", "all"), []).append(m == r["answer"])
+        correct = sum(m == r["answer"] for r, m in zip(records, mapped))
+        return {"accuracy": 100 * correct / max(1, n), "n": n, "unmapped": sum(m is None for m in mapped),
+                "per_attribute": {k: 100 * sum(v) / len(v) for k, v in sorted(per_attr.items())}}
+    if task == "dae":
+        scores = [dae_scores(p, r["answer"]) for r, p in zip(records, predictions)]
+        ok = [s for s in scores if s is not None]
+        mean = {k: 100 * sum(s[k] for s in ok) / max(1, n) for k in ("precision", "recall", "f1")}
+        return {**mean, "n": n, "unparsed": n - len(ok)}
+    raise ValueError(f"no scorer for task {task!r}")
