@@ -102,3 +102,12 @@ def test_tp2_training_steps_equal_tp1(tiny_train_inputs, tmp_path):
     # Adam turns rounding-level gradient differences of near-zero grads into lr-sized steps, so compare
     # the whole update rather than single weights: the two runs moved the model the same way
     assert update > 0.1 and apart / update < 0.02
+
+
+def test_packing_with_sliding_window_decoders_is_refused(megatron_single, tiny_train_inputs, tmp_path):
+    from ecomvlm.recipes.models.registry import compose
+    from ecomvlm.recipes.vlm_train import run
+
+    with pytest.raises(ValueError, match="data.pack=false"):
+        run(compose("train", _overrides(tiny_train_inputs, tmp_path / "g", "model=tiny_siglip_gemma3",
+                                        "trainer.max_steps=1")))
