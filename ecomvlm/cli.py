@@ -1,8 +1,8 @@
 """`ecomvlm` — the one door: train, data, eval, export, launch, demo, info.
 
 Subcommands import their heavy dependencies (torch, megatron) lazily, so `ecomvlm --help` and the data tools
-start in well under a second. A subcommand whose issue is not done yet says so and exits with status 3; it
-never pretends to work.
+start in well under a second. User errors (bad flags, missing files, impossible configs) print one line and
+exit 2; ECOMVLM_DEBUG=1 shows the traceback.
 """
 
 from __future__ import annotations
@@ -12,17 +12,6 @@ import json
 import os
 import sys
 from pathlib import Path
-
-NOT_IMPLEMENTED_EXIT = 3
-
-
-def _not_implemented(what: str, issue: int):
-    def run(_args: argparse.Namespace) -> int:
-        print(f"ecomvlm {what}: not implemented yet (tracked in issue #{issue}).", file=sys.stderr)
-        return NOT_IMPLEMENTED_EXIT
-
-    return run
-
 
 def _cmd_synth(args: argparse.Namespace) -> int:
     from rich.console import Console
