@@ -142,7 +142,7 @@ def run_demo(workdir: Path, quick: bool = False) -> int:
 
     console.rule("[bold]3. untrained model -> HF export -> held-out questions")
     base = ["model=tiny_siglip_qwen3", f"tokenizer.path={workdir / 'tokenizer'}", *COMMON]
-    info = init_distributed(ParallelConfig(), seed=1234)
+    init_distributed(ParallelConfig(), seed=1234)
     cfg = vlm_config_from_cfg(compose("train", base + ["data.shards=x"]).model,
                               image_token_id=tok.convert_tokens_to_ids("<image>"))
     torch.manual_seed(1234)

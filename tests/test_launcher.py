@@ -1,7 +1,6 @@
 """`ecomvlm launch`: rendering, safe quoting, validation before submission, and real jobs on the local SLURM."""
 
 import json
-import shutil
 import subprocess
 import time
 from pathlib import Path

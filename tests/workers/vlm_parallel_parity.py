@@ -6,7 +6,6 @@ max |gathered - imported| state difference (round trip through sharding) and, fo
 """
 import json
 import sys
-from functools import partial
 from pathlib import Path
 
 import torch
