@@ -56,6 +56,25 @@ def te_available() -> bool:
     return True
 
 
+def runtime_config_kwargs(params_dtype: torch.dtype) -> dict[str, Any]:
+    """TransformerConfig fields shared by every tower: dtype, no dropout, CPU init and fusions by device."""
+    on_gpu = torch.cuda.is_available()
+    return dict(
+        hidden_dropout=0.0,
+        attention_dropout=0.0,
+        params_dtype=params_dtype,
+        pipeline_dtype=params_dtype,  # activations sent between pipeline stages
+        bf16=params_dtype == torch.bfloat16,
+        use_cpu_initialization=not on_gpu,
+        # fused kernels are CUDA-only; the exact (unfused) gelu is kept where a tower needs it
+        gradient_accumulation_fusion=False,
+        bias_activation_fusion=False,
+        masked_softmax_fusion=on_gpu,
+        apply_rope_fusion=False,
+        bias_dropout_fusion=on_gpu,
+    )
+
+
 def transformer_config(dec: DecoderConfig, parallel: ParallelConfig, *, params_dtype: torch.dtype = torch.float32,
                        **overrides: Any):
     from megatron.core.transformer.transformer_config import TransformerConfig
@@ -78,25 +97,15 @@ def transformer_config(dec: DecoderConfig, parallel: ParallelConfig, *, params_d
         add_bias_linear=False,
         add_qkv_bias=False,
         qk_layernorm=dec.qk_layernorm,
-        hidden_dropout=0.0,
-        attention_dropout=0.0,
         tensor_model_parallel_size=parallel.tensor_model_parallel_size,
         pipeline_model_parallel_size=parallel.pipeline_model_parallel_size,
         context_parallel_size=parallel.context_parallel_size,
         sequence_parallel=parallel.sequence_parallel,
-        params_dtype=params_dtype,
-        pipeline_dtype=params_dtype,  # activations sent between pipeline stages
-        bf16=params_dtype == torch.bfloat16,
-        use_cpu_initialization=not on_gpu,
-        # fused kernels are CUDA-only; on GPU megatron picks them itself when available
-        gradient_accumulation_fusion=False,
-        bias_activation_fusion=on_gpu and dec.activation == "swiglu",
-        masked_softmax_fusion=on_gpu,
         persist_layer_norm=on_gpu,
-        apply_rope_fusion=False,
-        bias_dropout_fusion=on_gpu,
         cross_entropy_loss_fusion=False,
+        **runtime_config_kwargs(params_dtype),
     )
+    kw["bias_activation_fusion"] = on_gpu and dec.activation == "swiglu"
     if dec.query_pre_attn_scalar is not None:
         kw["softmax_scale"] = dec.query_pre_attn_scalar ** -0.5
     if dec.sliding_window is not None:

@@ -70,7 +70,8 @@ class EncoderConfig:
 def vit_transformer_config(enc: EncoderConfig, parallel: ParallelConfig, params_dtype=torch.float32, **overrides):
     from megatron.core.transformer.transformer_config import TransformerConfig
 
-    on_gpu = torch.cuda.is_available()
+    from ecomvlm.recipes.models.decoder import runtime_config_kwargs
+
     kw: dict[str, Any] = dict(
         num_layers=enc.layers_used,
         hidden_size=enc.hidden_size,
@@ -82,21 +83,12 @@ def vit_transformer_config(enc: EncoderConfig, parallel: ParallelConfig, params_
         add_qkv_bias=True,
         gated_linear_unit=False,
         activation_func=partial(F.gelu, approximate="tanh"),  # SigLIP's gelu_pytorch_tanh
-        hidden_dropout=0.0,
-        attention_dropout=0.0,
         tensor_model_parallel_size=parallel.tensor_model_parallel_size,
         # the encoder lives on the first pipeline stage only; it is never pipeline-split
         pipeline_model_parallel_size=1,
         sequence_parallel=parallel.sequence_parallel,
-        params_dtype=params_dtype,
-        bf16=params_dtype == torch.bfloat16,
-        use_cpu_initialization=not on_gpu,
-        gradient_accumulation_fusion=False,
-        bias_activation_fusion=False,  # megatron's fused gelu is the erf-less variant; keep the exact one
-        masked_softmax_fusion=on_gpu,
         persist_layer_norm=False,
-        bias_dropout_fusion=on_gpu,
-        apply_rope_fusion=False,
+        **runtime_config_kwargs(params_dtype),  # bias_activation_fusion stays off: megatron's fused gelu is tanh
     )
     kw.update(overrides)
     return TransformerConfig(**kw)
