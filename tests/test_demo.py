@@ -35,3 +35,4 @@ def test_full_demo_learns_colour_and_category(tmp_path):
     res = json.loads((tmp_path / "demo_result.json").read_text())
     assert res["before"]["colour"] <= 0.2 and res["after"]["colour"] >= 0.8
     assert res["item_intel"]["item_intel_ft"]["valid_json"] > res["item_intel"]["stage3"]["valid_json"]
+    assert res["item_intel"]["item_intel_ft"]["f1"] > res["item_intel"]["stage3"]["f1"]

@@ -65,11 +65,39 @@ def test_runner_on_an_exported_model(megatron_single, tiny_tokenizers, synth_dat
     torch.manual_seed(0)
     hf = export_llava_hf(gather_full_state(build_vlm(cfg, ParallelConfig())), cfg, tok, tmp_path / "tiny",
                          dtype=torch.float32)
-    assert main(["eval", "--model", str(hf), "--data", str(synth_data), "--out", str(tmp_path / "out"), "--limit", "3",
-                 "--max-new-tokens", "4", "--benchmarks", "aspect_general,dae"]) == 0
-    res = json.loads((tmp_path / "out" / "results.json").read_text())
-    assert set(res["tiny"]) == {"aspect_general", "dae"} and res["tiny"]["aspect_general"]["n"] == 3
-    per = json.loads((tmp_path / "out" / "tiny" / "dae.json").read_text())
+    # a public benchmark in its HF schema (MME pairs), read from a local save_to_disk folder
+    import datasets
+    from PIL import Image
+
+    rows = [{"question_id": f"color/{i // 2}.png", "question": f"Is it red {i}? Please answer yes or no.",
+             "answer": "Yes" if i % 2 else "No", "category": "color", "image": Image.new("RGB", (16, 16), "red")}
+            for i in range(4)]
+    ds = datasets.Dataset.from_list(rows).cast_column("image", datasets.Image())
+    datasets.DatasetDict({"test": ds}).save_to_disk(str(tmp_path / "mme"))
+    out = tmp_path / "out"
+    assert main(["eval", "--model", f"tiny={hf}", "--data", str(synth_data), "--out", str(out), "--limit", "3",
+                 "--max-new-tokens", "4", "--benchmarks", "aspect_general,dae,item_intel,mme",
+                 "--public-data", f"mme={tmp_path / 'mme'}", "--json-retries", "1",
+                 "--item-intel-max-new-tokens", "24"]) == 0
+    res = json.loads((out / "results.json").read_text())
+    assert set(res["tiny"]) == {"aspect_general", "dae", "item_intel", "mme"} and res["tiny"]["aspect_general"]["n"] == 3
+    per = json.loads((out / "tiny" / "dae.json").read_text())
     assert len(per["predictions"]) == 3 and per["metrics"]["sec_per_example"] > 0
-    assert "| tiny |" in (tmp_path / "out" / "table.md").read_text()
-    assert main(["eval", "--model", str(hf), "--data", str(synth_data), "--benchmarks", "mmbench"]) == 2
+    ii = res["tiny"]["item_intel"]
+    # a random model writes no JSON: every item is counted (and was re-generated once), none dropped
+    assert ii["n"] == 3 and ii["n_scored"] == 3 and ii["judge"] == "rules-v1"
+    assert ii["unparsed"] == 3 and ii["model_retries"] == 3 and ii["f1"] == 0.0
+    assert len(json.loads((out / "tiny" / "item_intel.json").read_text())["verdicts"]) == 3
+    assert 0 <= res["tiny"]["mme"]["perception"] <= 200 and res["tiny"]["mme"]["n"] == 4  # --limit 3 kept the pair
+    table = (out / "table.md").read_text()
+    assert "| tiny |" in table and "Table 1" in table and "Table 2" in table and "Table 3" in table
+    assert "MME (Perc.)" in table and (out / "results.png").stat().st_size > 1000
+    # merge: an earlier results.json joins the report under its own label, without re-running anything
+    prev = tmp_path / "prev.json"
+    prev.write_text(json.dumps({"other": res["tiny"]}))
+    assert main(["eval", "--merge", str(prev), "--merge", str(out / "results.json"), "--out", str(tmp_path / "both"),
+                 "--no-plot"]) == 0
+    both = (tmp_path / "both" / "table.md").read_text()
+    assert "| other |" in both and "| tiny |" in both
+    assert main(["eval", "--model", str(hf), "--data", str(synth_data), "--benchmarks", "mmbench-cn"]) == 2
+    assert main(["eval", "--model", str(hf), "--benchmarks", "item_intel", "--judge", "llm"]) == 2
