@@ -98,6 +98,7 @@ def plot(results: dict[str, dict[str, Any]], path: str | Path) -> Path | None:
         ax.bar(range(len(models)), [v or 0 for v in vals], color=[colors[i % len(colors)] for i in range(len(models))])
         for i, v in enumerate(vals):
             ax.text(i, (v or 0), "-" if v is None else f"{v:.1f}", ha="center", va="bottom", fontsize=7)
+        ax.set_ylim(0, max([v or 0 for v in vals] + [1e-9]) * 1.18 or 1)  # room for the value labels
         ax.set_title(title, fontsize=8)
         ax.set_xticks(range(len(models)), models, rotation=30, ha="right", fontsize=7)
         ax.tick_params(axis="y", labelsize=7)

@@ -10,8 +10,10 @@ Lean Lightning <-> megatron glue (nemo_toolkit 3.0 ships no MegatronStrategy):
 - checkpoints are megatron distributed checkpoints (:mod:`recipes.checkpointing`) written by a callback, with the
   optimizer, scheduler, data position and RNG states, so a killed run resumes on the same loss trajectory and a
   checkpoint can be loaded at another TP/PP.
-Not in this lean version: megatron's distributed (ZeRO) optimizer and its bf16 master-weight optimizer; bf16 runs
-use fp32 parameters with bf16 autocast (Lightning's "bf16-mixed" scheme).
+This lean engine (``trainer.engine=lean``, the default and the CPU path) keeps fp32 parameters (bf16 runs use
+bf16 autocast, Lightning's "bf16-mixed" scheme) and plain AdamW. ``trainer.engine=megatron`` swaps in
+megatron-core's DistributedDataParallel + optimizer (ZeRO-1 with ``trainer.distributed_optimizer=true``, bf16
+parameters with fp32 master weights): see :mod:`recipes.megatron_engine`.
 """
 
 from __future__ import annotations
@@ -144,6 +146,22 @@ def clip_(model, max_norm: float) -> float:
     return norm
 
 
+def pad_microbatch(mb: dict[str, Any], length: int) -> dict[str, Any]:
+    """Right-pad a collated micro-batch to `length` tokens; the tail is a masked-out segment of its own.
+    Pipeline parallelism needs this: the schedule's p2p buffers have one shape for every micro-batch."""
+    B, L = mb["input_ids"].shape
+    if L >= length:
+        return mb
+    extra = length - L
+    out = dict(mb)
+    for k in ("input_ids", "labels"):
+        out[k] = torch.cat([mb[k], mb[k].new_zeros((B, extra))], dim=1)
+    out["loss_mask"] = torch.cat([mb["loss_mask"], mb["loss_mask"].new_zeros((B, extra))], dim=1)
+    out["position_ids"] = torch.cat([mb["position_ids"], torch.arange(extra).expand(B, extra)], dim=1)
+    out["cu_seqlens"] = [list(c) + [length] for c in mb["cu_seqlens"]]
+    return out
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Lightning pieces
 # ---------------------------------------------------------------------------------------------------------
@@ -157,9 +175,19 @@ class VLMTrainingModule(_lightning().LightningModule):
     """Manual-optimisation LightningModule around one pipeline stage of an EcomVLM."""
 
     def __init__(self, model, opt: OptimConfig, max_steps: int, num_microbatches: int, seq_length: int,
-                 micro_batch_size: int, use_te_packing: bool = False, autocast_dtype: torch.dtype | None = None):
+                 micro_batch_size: int, use_te_packing: bool = False, autocast_dtype: torch.dtype | None = None,
+                 engine: str = "lean", distributed_optimizer: bool = False, bf16_params: bool = False):
         super().__init__()
+        if engine not in ("lean", "megatron"):
+            raise ValueError(f"trainer.engine={engine!r}; choose lean or megatron")
+        if distributed_optimizer and engine != "megatron":
+            raise ValueError("trainer.distributed_optimizer=true needs trainer.engine=megatron")
         self.model = model
+        self.engine, self.distributed_optimizer, self.bf16_params = engine, distributed_optimizer, bf16_params
+        if engine == "megatron":
+            from ecomvlm.recipes import megatron_engine
+
+            self.ddp = megatron_engine.wrap(model, distributed_optimizer=distributed_optimizer, bf16=bf16_params)
         self.opt_cfg, self.max_steps = opt, max_steps
         self.num_microbatches, self.seq_length, self.micro_batch_size = num_microbatches, seq_length, micro_batch_size
         self.use_te_packing, self.autocast_dtype = use_te_packing, autocast_dtype
@@ -168,6 +196,16 @@ class VLMTrainingModule(_lightning().LightningModule):
         self.history: list[dict[str, float]] = []
 
     def configure_optimizers(self):
+        if self.engine == "megatron":
+            from ecomvlm.recipes import megatron_engine
+
+            self.megatron_optimizer, self.megatron_scheduler = megatron_engine.build_optimizer(
+                self.ddp, self.opt_cfg, bf16=self.bf16_params, distributed_optimizer=self.distributed_optimizer,
+                max_steps=self.max_steps)
+            # Lightning counts steps (global_step, max_steps, callbacks) by optimizer.step() calls; megatron's
+            # optimizer is not a torch Optimizer, so a zero-lr stand-in over a private scalar is stepped with it
+            self._step_counter = torch.nn.Parameter(torch.zeros(1), requires_grad=False)
+            return torch.optim.SGD([self._step_counter], lr=0.0)
         fused = torch.cuda.is_available()
         optimizer = torch.optim.AdamW(param_groups(self.model, self.opt_cfg), lr=self.opt_cfg.lr,
                                       betas=tuple(self.opt_cfg.betas), eps=self.opt_cfg.eps, fused=fused)
@@ -185,10 +223,13 @@ class VLMTrainingModule(_lightning().LightningModule):
             psp = packed_seq_params(b["cu_seqlens"][0])
         elif any(len(c) > 2 for c in b["cu_seqlens"]):
             attn = block_causal_mask(b["cu_seqlens"], ids.shape[1]).to(dev)
-        pix = b["pixel_values"].to(dev) if (b["pixel_values"] is not None and model.pre_process) else None
+        inner = model
+        while hasattr(inner, "module"):  # megatron engine: DDP(Float16Module(EcomVLM))
+            inner = inner.module
+        pix = b["pixel_values"].to(dev) if (b["pixel_values"] is not None and inner.pre_process) else None
         grid = b["image_grid_thw"].to(dev) if b.get("image_grid_thw") is not None else None
-        if pix is not None and self.autocast_dtype is not None:
-            pix = pix.to(self.autocast_dtype)
+        if pix is not None and (self.autocast_dtype is not None or self.bf16_params):
+            pix = pix.to(self.autocast_dtype or torch.bfloat16)
         out = model(ids, pos, pixel_values=pix, image_grid_thw=grid, labels=labels, attention_mask=attn,
                     packed_seq_params=psp)
 
@@ -205,29 +246,41 @@ class VLMTrainingModule(_lightning().LightningModule):
         from megatron.core.pipeline_parallel import get_forward_backward_func
 
         microbatches = batch["microbatches"]
+        if ps.get_pipeline_model_parallel_world_size() > 1:  # one activation shape for the p2p exchange
+            longest = max(mb["input_ids"].shape[1] for mb in microbatches)
+            microbatches = [pad_microbatch(mb, longest) for mb in microbatches]
         self.data_state = {k: int(v) for k, v in batch["data_state"].items()}
 
-        optimizer = self.optimizers()
-        scheduler = self.lr_schedulers()
         t0 = time.perf_counter()
         dev = next(self.model.parameters()).device
         n_tok = torch.tensor(float(sum(mb["loss_mask"].sum().item() for mb in microbatches)), device=dev)
+        n_tok_local = n_tok.clone()
         n_real = torch.tensor(float(sum(mb["n_tokens"] for mb in microbatches)), device=dev)
         if dist.is_initialized() and ps.get_data_parallel_world_size() > 1:
             dist.all_reduce(n_tok, group=ps.get_data_parallel_group())
             dist.all_reduce(n_real, group=ps.get_data_parallel_group())
-        optimizer.zero_grad(set_to_none=True)
-        ctx = (torch.autocast(device_type=dev.type, dtype=self.autocast_dtype) if self.autocast_dtype is not None
-               else torch.autocast(device_type=dev.type, enabled=False))
-        with ctx:
-            losses = get_forward_backward_func()(
-                forward_step_func=self._forward_step, data_iterator=iter(microbatches), model=[self.model],
-                num_microbatches=len(microbatches), seq_length=microbatches[0]["input_ids"].shape[1],
-                micro_batch_size=microbatches[0]["input_ids"].shape[0], forward_only=False)
-        finalize_grads(self.model, n_tok)
-        norm = clip_(self.model, self.opt_cfg.clip_grad)
-        optimizer.step()
-        scheduler.step()
+        if self.engine == "megatron":
+            from ecomvlm.recipes import megatron_engine
+
+            losses, norm, _ = megatron_engine.train_step(self, microbatches, self._forward_step, n_tok_local)
+            self.optimizers().step()  # the step-counting stand-in (see configure_optimizers)
+            lr = self.megatron_optimizer.param_groups[0]["lr"]
+        else:
+            optimizer = self.optimizers()
+            scheduler = self.lr_schedulers()
+            optimizer.zero_grad(set_to_none=True)
+            ctx = (torch.autocast(device_type=dev.type, dtype=self.autocast_dtype) if self.autocast_dtype is not None
+                   else torch.autocast(device_type=dev.type, enabled=False))
+            with ctx:
+                losses = get_forward_backward_func()(
+                    forward_step_func=self._forward_step, data_iterator=iter(microbatches), model=[self.model],
+                    num_microbatches=len(microbatches), seq_length=microbatches[0]["input_ids"].shape[1],
+                    micro_batch_size=microbatches[0]["input_ids"].shape[0], forward_only=False)
+            finalize_grads(self.model, n_tok)
+            norm = clip_(self.model, self.opt_cfg.clip_grad)
+            optimizer.step()
+            scheduler.step()
+            lr = scheduler.get_last_lr()[0]
         # the loss lives on the last pipeline stage: share it with every rank for logging
         loss_sum = torch.tensor(sum(float(x["loss_sum"]) for x in losses) if ps.is_pipeline_last_stage() else 0.0,
                                 device=dev)
@@ -238,7 +291,7 @@ class VLMTrainingModule(_lightning().LightningModule):
                 dist.all_reduce(loss_sum, group=ps.get_pipeline_model_parallel_group())
         loss = (loss_sum / n_tok.clamp(min=1)).item()
         dt = time.perf_counter() - t0
-        rec = {"loss": loss, "grad_norm": norm, "lr": scheduler.get_last_lr()[0], "tokens_per_s": n_real.item() / dt,
+        rec = {"loss": loss, "grad_norm": norm, "lr": lr, "tokens_per_s": n_real.item() / dt,
                "step_time_s": dt}
         self.history.append(rec)
         self.log_dict({f"train/{k}": v for k, v in rec.items()}, prog_bar=False, batch_size=1)

@@ -76,10 +76,18 @@ def run(cfg) -> dict[str, Any]:
     chat_format = c["model"]["decoder"].get("chat_format") or vlm_cfg.decoder.family
 
     # ---- model (+ precision) --------------------------------------------------------------------------
+    t = c["trainer"]
+    engine, zero = str(t.get("engine", "lean")), bool(t.get("distributed_optimizer", False))
     overrides = {"calculate_per_token_loss": True, **prec.transformer_overrides()}
+    params_dtype, autocast = torch.float32, (prec.dtype if prec.dtype != torch.float32 else None)
+    if engine == "megatron":  # bf16 parameters + fp32 master weights in megatron's optimizer, no autocast
+        from ecomvlm.recipes import megatron_engine
+
+        bf16 = prec.dtype == torch.bfloat16
+        overrides.update(megatron_engine.model_overrides(bf16))
+        params_dtype, autocast = (torch.bfloat16, None) if bf16 else (torch.float32, autocast)
     torch.manual_seed(int(c["run"]["seed"]))
-    model = build_vlm(vlm_cfg, parallel, config_overrides=overrides).to(info["device"])
-    autocast = prec.dtype if prec.dtype != torch.float32 else None
+    model = build_vlm(vlm_cfg, parallel, params_dtype=params_dtype, config_overrides=overrides).to(info["device"])
 
     # ---- where the weights come from ------------------------------------------------------------------
     latest = ckpt.latest_checkpoint(run_dir / "checkpoints")
@@ -130,14 +138,14 @@ def run(cfg) -> dict[str, Any]:
                        rank=info["dp_rank"], world_size=dp)
 
     # ---- optimisation ----------------------------------------------------------------------------------
-    t = c["trainer"]
     max_steps = int(t["max_steps"])
     o = c["optim"]
     opt = OptimConfig(lr=float(o["lr"]), min_lr=float(o["min_lr"]), vision_lr_mult=float(o["vision_lr_mult"]),
                       weight_decay=float(o["weight_decay"]), betas=tuple(o["betas"]), eps=float(o["eps"]),
                       warmup_steps=int(o["warmup_steps"]), clip_grad=float(o["clip_grad"]))
     module = VLMTrainingModule(model, opt, max_steps, num_micro, int(d["max_seq_length"]), mbs,
-                               use_te_packing=False, autocast_dtype=autocast)
+                               use_te_packing=False, autocast_dtype=autocast, engine=engine,
+                               distributed_optimizer=zero, bf16_params=params_dtype == torch.bfloat16)
     if resume_state is not None:
         dm.load_state_dict(resume_state[1]["data"])
 
@@ -149,7 +157,7 @@ def run(cfg) -> dict[str, Any]:
 
         def on_train_start(self, trainer, pl_module):
             if resume_state is not None:  # optimizer/scheduler exist now: restore them
-                _restore_training_state(resume_state[0], trainer, info["rank"])
+                _restore_training_state(resume_state[0], trainer, info["rank"], module)
 
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
             step = start_step + trainer.global_step
@@ -163,9 +171,14 @@ def run(cfg) -> dict[str, Any]:
         tmp = ckpt.save_checkpoint(model, run_dir / "checkpoints" / f"step_{step:08d}", step=step,
                                    tokenizer=tokenizer, parallel=parallel,
                                    extra={"data": module.data_state, "stage": c["recipe"]["stage"]})
-        state = {"optimizer": trainer.optimizers[0].state_dict(),
-                 "scheduler": trainer.lr_scheduler_configs[0].scheduler.state_dict(),
-                 "rng_cpu": torch.get_rng_state(), "python_rng": random.getstate()[1],
+        if module.engine == "megatron":
+            from ecomvlm.recipes import megatron_engine
+
+            state = megatron_engine.state_dict(module, tmp)
+        else:
+            state = {"optimizer": trainer.optimizers[0].state_dict(),
+                     "scheduler": trainer.lr_scheduler_configs[0].scheduler.state_dict()}
+        state |= {"rng_cpu": torch.get_rng_state(), "python_rng": random.getstate()[1],
                  "rng_cuda": torch.cuda.get_rng_state() if torch.cuda.is_available() else None}
         (tmp / "optimizer").mkdir(exist_ok=True)
         torch.save(state, tmp / "optimizer" / f"rank_{info['rank']:05d}.pt")
@@ -189,6 +202,13 @@ def run(cfg) -> dict[str, Any]:
     summary = {"start_step": start_step, "losses": [h["loss"] for h in module.history],
                "tokens_per_s": [h["tokens_per_s"] for h in module.history], "checkpoints": checkpointer.saved,
                "init": source, "data_stats": dm.stats, "run_dir": str(run_dir)}
+    if module.engine == "megatron" and hasattr(module, "megatron_optimizer"):
+        from ecomvlm.recipes import megatron_engine
+
+        summary["engine"] = megatron_engine.describe(module)
+    else:
+        summary["engine"] = {"engine": "lean", "param_dtype": str(next(model.parameters()).dtype),
+                             "autocast": str(autocast)}
     final = ckpt.latest_checkpoint(run_dir / "checkpoints")
     summary["final_checkpoint"] = str(final) if final else None
     if c.get("export", {}).get("hf_dir") and info["world_size"] == 1:
@@ -217,14 +237,19 @@ def _kill_job() -> None:
     os._exit(17)
 
 
-def _restore_training_state(ckpt_dir: Path, trainer, rank: int) -> None:
+def _restore_training_state(ckpt_dir: Path, trainer, rank: int, module) -> None:
     path = Path(ckpt_dir) / "optimizer" / f"rank_{rank:05d}.pt"
     if not path.is_file():
         raise FileNotFoundError(f"{path} missing: resume needs the same number of ranks and layout as the save "
                                 f"(model-only loading at another TP/PP: init.from_checkpoint)")
     state = torch.load(path, weights_only=True)
-    trainer.optimizers[0].load_state_dict(state["optimizer"])
-    trainer.lr_scheduler_configs[0].scheduler.load_state_dict(state["scheduler"])
+    if module.engine == "megatron":
+        from ecomvlm.recipes import megatron_engine
+
+        megatron_engine.load_state_dict(module, state, ckpt_dir)
+    else:
+        trainer.optimizers[0].load_state_dict(state["optimizer"])
+        trainer.lr_scheduler_configs[0].scheduler.load_state_dict(state["scheduler"])
     torch.set_rng_state(state["rng_cpu"])
     random.setstate((3, tuple(state["python_rng"]), None))
     if state.get("rng_cuda") is not None and torch.cuda.is_available():

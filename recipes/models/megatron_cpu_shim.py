@@ -12,8 +12,16 @@ without CUDA, :func:`apply` patches exactly these, and nothing else:
    TorchFunctionMode rewrites any CUDA device argument to CPU; ``torch.cuda.synchronize`` is a no-op.
 4. CLIPViT's default norm (torch.nn.LayerNorm rejects ``config=``) is a non-TE bug, not a CUDA one, so it is
    NOT patched here: the model builders pass ``WrappedTorchNorm`` whenever TE is absent (GPU or not).
-5. optimizer/clip_grads.py asserts ``torch.cuda.FloatTensor``: the training glue clips with torch utilities on
-   CPU (see :data:`CPU_GRAD_CLIP_NOTE`), nothing to patch at import.
+5. optimizer/clip_grads.py ``clip_grad_by_total_norm_fp32`` asserts ``torch.cuda.FloatTensor`` (its only CUDA
+   assumption; the norm itself runs on CPU): replaced, in clip_grads and optimizer.py which imports it by name,
+   by the same scaling with a dtype check. The lean engine clips with its own code and never reaches it.
+
+6. DistributedDataParallel's grad sync (distributed/param_and_grad_buffer.py start_grad_sync) asks for
+   ``torch.cuda.current_stream()`` to wait on CUDA-graph events: a stream object whose waits are no-ops.
+
+7. megatron's optimizers (optimizer.py Float16OptimizerWithFloat16Params, distrib_optimizer.py) sort params by
+   ``param.type()`` strings ('torch.cuda.FloatTensor', 'torch.cuda.BFloat16Tensor'): the argument-less
+   ``Tensor.type()`` reports the CUDA name for CPU tensors (only megatron and NeMo compare these strings).
 
 ``apply()`` is a no-op when CUDA is available, so a GPU run can never be altered by it, and it is idempotent.
 ``torch.cuda.is_available()`` keeps returning False, so code that asks gets the truth.
@@ -30,7 +38,6 @@ from torch.overrides import TorchFunctionMode
 
 log = logging.getLogger(__name__)
 
-CPU_GRAD_CLIP_NOTE = "megatron's clip_grad_norm_fp32 asserts CUDA tensors; on CPU use torch.nn.utils.clip_grad_norm_"
 
 _state: dict[str, Any] = {"applied": False, "mode": None}
 _lock = threading.Lock()
@@ -57,6 +64,9 @@ class _CudaDeviceToCpu(TorchFunctionMode):
             args = (args[0], "cpu", *args[2:])
         elif func is torch.Tensor.pin_memory:
             return args[0]  # pinning needs a CUDA context; on CPU it is meaningless
+        elif func is torch.Tensor.type and len(args) == 1 and not kwargs:
+            name = func(*args)  # site 7: the optimizers' "torch.cuda.FloatTensor" checks
+            return name.replace("torch.", "torch.cuda.", 1) if not name.startswith("torch.cuda.") else name
         return func(*args, **kwargs)
 
 
@@ -73,6 +83,37 @@ class _ForkWarningFilter(logging.Filter):
     # context" warning fires on every tensor-parallel dropout; it is expected here and only noise.
     def filter(self, record: logging.LogRecord) -> bool:
         return "CPU RNG state changed within GPU RNG context" not in record.getMessage()
+
+
+def _clip_grad_by_total_norm_fp32(parameters, max_norm, total_norm, use_decoupled_grad: bool = False) -> None:
+    """megatron's clip_grad_by_total_norm_fp32 without its CUDA type assert (grads scaled in place)."""
+    if isinstance(parameters, torch.Tensor):
+        parameters = [parameters]
+    grads = []
+    for p in parameters:
+        g = getattr(p, "decoupled_grad", None) if use_decoupled_grad else p.grad
+        if g is not None:
+            assert g.dtype in (torch.float32, torch.bfloat16) if use_decoupled_grad else g.dtype == torch.float32
+            grads.append(g.detach())
+    coeff = max_norm / (total_norm + 1.0e-6)
+    if isinstance(coeff, torch.Tensor):
+        coeff = coeff.clamp_max(1.0)
+    elif coeff >= 1.0:
+        return
+    torch._foreach_mul_(grads, coeff) if grads else None
+
+
+class _CpuStream:
+    """Stand-in for a CUDA stream on CPU: everything already happened in order."""
+
+    def wait_event(self, *_a: Any) -> None:
+        pass
+
+    def wait_stream(self, *_a: Any) -> None:
+        pass
+
+    def synchronize(self) -> None:
+        pass
 
 
 def apply() -> bool:
@@ -98,6 +139,14 @@ def apply() -> bool:
         torch.Tensor.cuda = lambda self, *a, **k: self  # type: ignore[method-assign]
         torch.nn.Module.cuda = lambda self, *a, **k: self  # type: ignore[method-assign]
         torch.cuda.synchronize = lambda *a, **k: None  # type: ignore[assignment]
+        # 5. megatron optimizer's grad clipping
+        import megatron.core.optimizer.clip_grads as mclip
+        import megatron.core.optimizer.optimizer as mopt
+
+        mclip.clip_grad_by_total_norm_fp32 = _clip_grad_by_total_norm_fp32
+        mopt.clip_grad_by_total_norm_fp32 = _clip_grad_by_total_norm_fp32
+        # 6. streams (megatron DDP's grad sync): CPU work is synchronous, waiting is a no-op
+        torch.cuda.current_stream = lambda *a, **k: _CpuStream()  # type: ignore[assignment]
         mode = _CudaDeviceToCpu()
         mode.__enter__()  # stays pushed for the life of the process (CPU runs only)
         _state.update(applied=True, mode=mode)

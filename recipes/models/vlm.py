@@ -104,6 +104,14 @@ class EcomVLM(_megatron_module()):
         else:
             self.vision_model = self.vision_projection = None
 
+    # read by megatron's finalize_model_grads (tied-embedding sync across pipeline stages)
+    @property
+    def share_embeddings_and_output_weights(self) -> bool:
+        return self.language_model.share_embeddings_and_output_weights
+
+    def shared_embedding_or_output_weight(self):
+        return self.language_model.shared_embedding_or_output_weight()
+
     # megatron's pipeline schedule hands activations between stages through this
     def set_input_tensor(self, input_tensor) -> None:
         if isinstance(input_tensor, (list, tuple)):
