@@ -149,6 +149,17 @@ def _cmd_eval(args: argparse.Namespace) -> int:
             judge = LLMJudge(OpenAIChatClient(args.judge_url, args.judge_model, api_key_env=args.judge_api_key_env),
                              JudgePrompt.load(args.judge_prompt), max_attempts=args.judge_attempts,
                              constrained=not args.judge_unconstrained)
+        matcher = None
+        if "mmbench" in benches and args.mmbench_matcher != "static":
+            if args.judge_url and args.judge_model:
+                from ecomvlm.eval.judge import OpenAIChatClient
+
+                client = OpenAIChatClient(args.judge_url, args.judge_model, api_key_env=args.judge_api_key_env)
+
+                def matcher(prompt: str) -> str:
+                    return client.chat([{"role": "user", "content": prompt}], max_tokens=256, temperature=0.0)
+            elif args.mmbench_matcher == "judge":
+                raise ValueError("--mmbench-matcher judge needs --judge-url and --judge-model")
         for spec in args.model:
             label, sep, model = spec.partition("=")
             if not sep:
@@ -169,7 +180,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
             results[label] = evaluate(backend, label, benches, out, data_dir=args.data, public_paths=public_paths,
                                       limit=args.limit, max_new_tokens=args.max_new_tokens, judge=judge,
                                       item_intel_max_new_tokens=args.item_intel_max_new_tokens,
-                                      json_retries=args.json_retries, progress=show)
+                                      json_retries=args.json_retries, matcher=matcher, progress=show)
     if not results:
         raise ValueError("nothing to report: pass --model (and/or --merge results.json)")
     md = tables_markdown(results)
@@ -308,6 +319,9 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--judge-attempts", type=int, default=3, help="tries per item before it counts as judge_failed")
     ev.add_argument("--judge-unconstrained", action="store_true",
                     help="do not send a JSON schema (for endpoints without structured output)")
+    ev.add_argument("--mmbench-matcher", choices=["auto", "judge", "static"], default="auto",
+                    help="MMBench answers the rules cannot map: the judge endpoint's LLM (lmms-eval mmbench_en_dev) "
+                         "or the static extractor (mmbench_en_dev_static); auto: the LLM when --judge-url is given")
     ev.add_argument("--json-retries", type=int, default=2,
                     help="re-generate item_intel answers that are not JSON up to N times (sampled)")
     ev.add_argument("--no-plot", action="store_true")

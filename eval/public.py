@@ -6,7 +6,7 @@ evaluate.py (ninglab/EcomMMMU) with the paper's two changes: at most 10 images p
 
 | name       | dataset (lmms-eval path)         | split      | metric                                                |
 |------------|----------------------------------|------------|-------------------------------------------------------|
-| mmbench    | lmms-lab/MMBench (en)            | dev        | circular accuracy (all rotations right), static match |
+| mmbench    | lmms-lab/MMBench (en)            | dev        | circular accuracy; rule match, then LLM or static     |
 | mme        | lmms-lab/MME                     | test       | perception / cognition: sum over categories of acc+acc+ |
 | mmstar     | Lin-Chen/MMStar                  | val        | mean over l2 categories of option accuracy            |
 | cv_bench   | nyu-visionx/CV-Bench             | test       | official: ((ADE20K + COCO)/2 + Omni3D)/2              |
@@ -188,11 +188,55 @@ _ANSWER_PHRASES = ["the answer is", "answer is", "the correct answer is", "corre
                    "答案是", "答案为", "选", "答えは"]
 
 
-def score_mmbench(records: list[dict[str, Any]], preds: list[str]) -> dict[str, Any]:
+MMBENCH_MATCH_PROMPT = (
+    "You are an AI assistant who will help me to match an answer with several options of a single-choice question. "
+    "You are provided with a question, several options, and an answer, and you need to find which option is most "
+    "similar to the answer. If the meaning of all options are significantly different from the answer, output E. "
+    "Your should output a single uppercase character in A, B, C, D (if they are valid options), and E. \n"
+    "Example 1: \nQuestion: What is the main object in image?\nOptions: A. teddy bear B. rabbit C. cat D. dog\n"
+    "Answer: a cute teddy bear\nYour output: A\nExample 2: \nQuestion: What is the main object in image?\n"
+    "Options: A. teddy bear B. rabbit C. cat D. dog\nAnswer: Spider\nYour output: E\nExample 3: \n"
+    "Question: {}?\nOptions: {}\nAnswer: {}\nYour output: ")
+
+
+def mmbench_llm_match(doc: dict[str, Any], prediction: str, matcher: Callable[[str], str],
+                      rng: random.Random) -> tuple[str, int]:
+    """MMBench's GPT matching (VLMEvalKit / lmms-eval `extract_answer_from_item`): ask `matcher` (an LLM) which
+    option the answer means, up to 3 times; then a random letter of A..(n)+E, as the reference does.
+    Returns (letter, failed LLM answers)."""
+    opts = ""
+    for c in "ABCD":
+        if _missing(doc.get(c)):
+            break
+        opts += f"{c}. {doc[c]}\n"
+    prompt = MMBENCH_MATCH_PROMPT.format(doc["question"], "There are several options: \n" + opts, prediction)
+    choices = {c: doc[c] for c in "ABCD" if c in doc and not _missing(doc[c])}
+    failures = 0
+    for _ in range(3):
+        try:
+            ans = matcher(prompt)
+        except ConnectionError:
+            ans = "Failed to obtain answer via API"
+        got = mmbench_infer_option(ans) or mmbench_infer_text(ans, choices)
+        if got:
+            return got, failures
+        failures += 1
+    n = sum(c in doc for c in "ABCD")
+    if n < 2:
+        return "", failures
+    letters = string.ascii_uppercase[:n] + "E"
+    return letters[rng.randint(0, n)], failures
+
+
+def score_mmbench(records: list[dict[str, Any]], preds: list[str],
+                  matcher: Callable[[str], str] | None = None) -> dict[str, Any]:
     """Circular evaluation: a question counts only if every rotation of its options (index % 1e6) is right.
 
-    Rule matching first (option letter, then option text); leftovers use `mcq_extract` (lmms-eval's "static"
-    method; the paper's GPT matcher is replaced by rules so results need no API)."""
+    Rule matching first (option letter, then option text). Leftovers: with `matcher` (an LLM behind
+    `ecomvlm eval --judge llm`) MMBench's GPT matching, as lmms-eval's `mmbench_en_dev`; without, lmms-eval's
+    "static" `mmbench_en_dev_static` extractor, so results need no API."""
+    rng = random.Random(2680)  # the reference seeds its random fallback with 2680 per evaluation
+    llm_failures = 0
     by_index = {int(r["doc"]["index"]): (r, p) for r, p in zip(records, preds)}
     main = sorted(i for i in by_index if i < 1_000_000)
     hits: dict[int, int] = {}
@@ -211,7 +255,11 @@ def score_mmbench(records: list[dict[str, Any]], preds: list[str]) -> dict[str, 
                 pending.append((r, p, choices))
         if ok:
             for r, p, choices in pending:
-                got = mcq_extract(p, sorted(choices))
+                if matcher is not None:
+                    got, failed = mmbench_llm_match(r["doc"], p, matcher, rng)
+                    llm_failures += failed
+                else:
+                    got = mcq_extract(p, sorted(choices))
                 unparsed += not got
                 if got != r["answer"]:
                     ok = 0
@@ -224,6 +272,7 @@ def score_mmbench(records: list[dict[str, Any]], preds: list[str]) -> dict[str, 
         l2[by_index[idx][0]["doc"].get("L2-category", "all")].append(h)
     n = len(hits)
     return {"accuracy": 100 * sum(hits.values()) / max(1, n), "n": n, "n_rows": len(records), "unparsed": unparsed,
+            "matcher": "llm" if matcher is not None else "static", "llm_match_failures": llm_failures,
             "per_category": {k: 100 * sum(v) / len(v) for k, v in sorted(cat.items())},
             "per_l2_category": {k: 100 * sum(v) / len(v) for k, v in sorted(l2.items())}}
 
@@ -621,7 +670,11 @@ def load_public(name: str, path: str | Path | None = None, *, split: str | None 
     return out
 
 
-def score_public(name: str, records: list[dict[str, Any]], preds: list[str]) -> dict[str, Any]:
+def score_public(name: str, records: list[dict[str, Any]], preds: list[str], *,
+                 matcher: Callable[[str], str] | None = None) -> dict[str, Any]:
+    """`matcher`: an LLM (prompt -> text) for the benchmarks whose reference scoring uses one (MMBench)."""
     if len(records) != len(preds):
         raise ValueError(f"{name}: {len(records)} records but {len(preds)} predictions")
+    if name == "mmbench":
+        return score_mmbench(records, preds, matcher=matcher)
     return PUBLIC[name].score(records, preds)

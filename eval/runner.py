@@ -87,7 +87,7 @@ def _generate(backend: Backend, prompts: list[str], images: list[list[Any]], *, 
 def evaluate(backend: Backend, label: str, benchmarks: list[str], out_dir: str | Path, *,
              data_dir: str | Path | None = None, public_paths: dict[str, str] | None = None,
              limit: int | None = None, max_new_tokens: int = 64, item_intel_max_new_tokens: int = 512,
-             judge: Judge | None = None, json_retries: int = 2, progress=None) -> dict[str, Any]:
+             judge: Judge | None = None, json_retries: int = 2, matcher=None, progress=None) -> dict[str, Any]:
     """Run `benchmarks` through `backend`; write <out>/<label>/<benchmark>.json; return {benchmark: metrics}.
 
     Model answers to item_intel that are not JSON are re-generated with sampling (temperature 0.7, a new seed per
@@ -137,7 +137,7 @@ def evaluate(backend: Backend, label: str, benchmarks: list[str], out_dir: str |
             metrics["model_retries"] = retried
             extra["verdicts"] = items
         elif bench in PUBLIC:
-            metrics = score_public(bench, recs, preds)
+            metrics = score_public(bench, recs, preds, matcher=matcher)
         else:
             metrics = score_records(bench, recs, preds)
         metrics["sec_per_example"] = dt / max(1, len(recs))

@@ -11,6 +11,8 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -114,3 +116,36 @@ def run_torchrun(script: Path, nproc: int, *args: str, timeout: int = 300) -> su
     if proc.returncode != 0:
         raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}")
     return proc
+
+
+# ------------------------------------------------------------------ a scripted OpenAI-compatible endpoint
+class _Scripted(BaseHTTPRequestHandler):
+    """/v1/chat/completions answering from a script (one (status, content) entry per request, in order)."""
+
+    script: list = []
+    seen: list = []
+
+    def do_POST(self):  # noqa: N802
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        type(self).seen.append({"body": body, "auth": self.headers.get("Authorization"), "path": self.path})
+        status, content = type(self).script.pop(0) if type(self).script else (200, "{}")
+        payload = {"choices": [{"message": {"role": "assistant", "content": content}}]} if status == 200 else {}
+        data = json.dumps(payload).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *a):
+        pass
+
+
+@pytest.fixture
+def scripted_server():
+    """(base URL, handler class): set handler.script, read handler.seen. A real HTTP round trip, no model."""
+    srv = ThreadingHTTPServer(("127.0.0.1", 0), _Scripted)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    _Scripted.script, _Scripted.seen = [], []
+    yield f"http://127.0.0.1:{srv.server_port}", _Scripted
+    srv.shutdown()

@@ -1,12 +1,10 @@
 """Item-intelligence judging: facts, verdict validation, rule judge numbers, and the LLM judge's retry/failure
-accounting over a real HTTP round trip (a scripted OpenAI-compatible server in this process; the real-model
-check is tests/test_vllm_cpu.py)."""
+accounting over a real HTTP round trip (conftest's scripted OpenAI-compatible server in this process; the
+real-model check is tests/test_vllm_cpu.py)."""
 
 from __future__ import annotations
 
 import json
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
@@ -68,37 +66,6 @@ def test_prompt_is_versioned_and_renders():
     assert verdict_schema(2, 3)["properties"]["predicted"]["minItems"] == 2
     with pytest.raises(FileNotFoundError, match="item_intel_v1"):
         JudgePrompt.load("item_intel_v0")
-
-
-class _Scripted(BaseHTTPRequestHandler):
-    """OpenAI-compatible /v1/chat/completions that answers from a script (one entry per request)."""
-
-    script: list = []
-    seen: list = []
-
-    def do_POST(self):  # noqa: N802
-        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        type(self).seen.append({"body": body, "auth": self.headers.get("Authorization")})
-        status, content = type(self).script.pop(0) if type(self).script else (200, "{}")
-        payload = {"choices": [{"message": {"role": "assistant", "content": content}}]} if status == 200 else {}
-        data = json.dumps(payload).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def log_message(self, *a):
-        pass
-
-
-@pytest.fixture
-def scripted_server():
-    srv = ThreadingHTTPServer(("127.0.0.1", 0), _Scripted)
-    threading.Thread(target=srv.serve_forever, daemon=True).start()
-    _Scripted.script, _Scripted.seen = [], []
-    yield f"http://127.0.0.1:{srv.server_port}", _Scripted
-    srv.shutdown()
 
 
 def test_llm_judge_retries_counts_and_never_crashes(scripted_server, monkeypatch):

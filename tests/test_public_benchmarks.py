@@ -262,3 +262,41 @@ def test_loader_errors_name_the_fix(tmp_path):
         load_public("mme", tmp_path / "empty")
     with pytest.raises(ValueError, match="known"):
         load_public("mmbench-cn", tmp_path)
+
+
+def test_mmbench_llm_matching_matches_lmms_eval_gpt_eval(lmms, tmp_path, scripted_server):
+    """Answers the rules cannot map go to an LLM with MMBench's matching prompt (lmms-eval `mmbench_en_dev`,
+    eval_method="openai"): both sides ask the same scripted endpoint and must score the same."""
+    url, handler = scripted_server
+    rows = []
+    for idx, ans in [(0, "A"), (1_000_000, "B"), (1, "C"), (2, "D"), (1_000_002, "A")]:
+        rows.append({"index": idx, "question": "What is it", "hint": "nan", "A": "dog", "B": "cat", "C": "bird",
+                     "D": "fish", "answer": ans, "category": "c", "L2-category": "l2", "source": "s", "split": "dev",
+                     "image": _img()})
+    preds = ["A", "a kitten, I think", "something with feathers", "no idea at all", "a puppy maybe"]
+    # LLM answers in call order: q0/rot1 -> "B" (right); q1 -> "The answer is C" (right);
+    # q2/rot0 -> 3 useless answers -> MMBench's seeded random fallback
+    script = [(200, "B"), (200, "The answer is C"), (200, "hmm"), (200, "not sure"), (200, "???")]
+    recs = load_public("mmbench", _save(tmp_path, "mmb", rows, "dev"))
+    client_calls = []
+
+    from ecomvlm.eval.judge import OpenAIChatClient
+
+    client = OpenAIChatClient(url, "gpt-matcher")
+
+    def matcher(prompt):
+        client_calls.append(prompt)
+        return client.chat([{"role": "user", "content": prompt}], max_tokens=256)
+
+    handler.script = list(script)
+    ours = score_public("mmbench", recs, preds, matcher=matcher)
+    our_prompts = [s["body"]["messages"][0]["content"] for s in handler.seen]
+    handler.script, handler.seen = list(script), []
+    ev = lmms.mmb.MMBench_Evaluator(sys_prompt="There are several options:", API_KEY="x",
+                                    API_URL=f"{url}/v1/chat/completions", model_version="gpt-matcher")
+    results = [{k: r[k] for k in ("index", "question", "answer", "hint", "source", "split", "category",
+                                  "L2-category", "A", "B", "C", "D")} | {"prediction": p} for r, p in zip(rows, preds)]
+    overall, _, _ = ev.eval_result(results, eval_method="openai")
+    assert [s["body"]["messages"][0]["content"] for s in handler.seen] == our_prompts  # same prompts, same order
+    assert ours["accuracy"] == pytest.approx(100 * overall) and ours["matcher"] == "llm"
+    assert ours["llm_match_failures"] == 3 and len(client_calls) == 5
