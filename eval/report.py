@@ -1,4 +1,4 @@
-"""Paper-style reports: Tables 1-3 (+ the eComMMMU per-task Table 5) with models side by side, CSV, a plot.
+"""Paper-style reports: Tables 1-4 (+ the eComMMMU per-task Table 5) with models side by side, CSV, a plot.
 
 `results` everywhere is {model label: {benchmark: metrics}} as `ecomvlm eval` writes to results.json, so tables
 of several runs can be rebuilt later (`ecomvlm eval --report-only results.json ...`).
@@ -52,6 +52,15 @@ def tables_markdown(results: dict[str, dict[str, Any]]) -> str:
         out.append("|" + "---|" * (len(used) + 2))
         for model, res in results.items():
             out.append(f"| {model} | " + " | ".join(_cell(res, b, m) for _, b, m in used) + f" | {_sec(res, benches)} |")
+        out.append("")
+    if any("item_intel" in r for r in results.values()):
+        out.append("**Table 4: item-intelligence inference efficiency**\n")
+        out.append("| model | sec/example (lower is better) | f1-score |")
+        out.append("|---|---|---|")
+        for model, res in results.items():
+            m = res.get("item_intel")
+            if m:
+                out.append(f"| {model} | {m['sec_per_example']:.3f} | {m['f1']:.1f} |")
         out.append("")
     if any("ecommmmu" in r for r in results.values()):
         out.append("**eComMMMU per task (Table 5; SR = Recall@1, Avg. weighted by samples)**\n")
