@@ -123,11 +123,6 @@ def run(cfg) -> dict[str, Any]:
         raise ValueError(f"data.global_batch_size={gbs} must be a multiple of micro_batch_size x data-parallel size "
                          f"= {mbs} x {dp}")
     num_micro = gbs // (mbs * dp)
-    if vlm_cfg.decoder.sliding_window is not None and bool(d["pack"]):
-        # megatron's local attention replaces any given mask by the sliding-window mask on those layers, so
-        # packed samples would see each other there: refuse rather than train on leaked context
-        raise ValueError("data.pack=true is not supported with sliding-window decoders (Gemma3) yet: set "
-                         "data.pack=false")
     loader_cfg = LoaderConfig(shards=d["shards"], micro_batch_size=mbs, max_seq_length=int(d["max_seq_length"]),
                               pack=bool(d["pack"]), pack_window=int(d["pack_window"]),
                               shuffle_buffer=int(d["shuffle_buffer"]), seed=int(c["run"]["seed"]),

@@ -6,8 +6,9 @@ What differs from a Llama layer, and where it is handled:
   output projections carry them (:class:`RowParallelLinearWithPostNorm`); the output is the full hidden state
   after the TP all-reduce, so normalising there is exact.
 - 5 sliding-window layers : 1 global layer, with RoPE base 10k on sliding layers and 1M (+ linear scaling) on
-  global ones -> megatron's window_size/window_attn_skip_freq masks the window; :class:`Gemma3SelfAttention`
-  swaps in the local RoPE on sliding layers.
+  global ones -> megatron's window_size/window_attn_skip_freq picks the layers; :class:`Gemma3SelfAttention`
+  swaps in the local RoPE there and builds the window mask itself, OR-ed with any given mask (megatron's softmax
+  would *replace* a packing mask by the window mask, letting packed samples see each other).
 - GeGLU with tanh-GELU, attention scale query_pre_attn_scalar^-0.5, embeddings x sqrt(hidden) (done in
   EcomVLM.embed, before image embeddings are scattered in, as HF Gemma3 does).
 Local (non-TE) spec; a TE spec for Gemma3 is not provided yet.
@@ -25,7 +26,7 @@ from megatron.core.transformer.mlp import MLP, MLPSubmodules
 from megatron.core.transformer.spec_utils import ModuleSpec
 from megatron.core.transformer.transformer_block import TransformerBlockSubmodules, get_num_layers_to_build
 from megatron.core.transformer.transformer_layer import TransformerLayer, TransformerLayerSubmodules
-from megatron.core.transformer.utils import is_layer_window_attention
+from megatron.core.transformer.utils import get_sliding_window_causal_mask, is_layer_window_attention
 from megatron.core.fusions.fused_bias_dropout import get_bias_dropout_add
 
 
@@ -71,11 +72,19 @@ class Gemma3SelfAttention(SelfAttention):
             self.local_rope = RotaryEmbedding(kv_channels=config.kv_channels, rotary_percent=1.0,
                                               rotary_base=int(local_rotary_base),
                                               use_cpu_initialization=config.use_cpu_initialization)
+            softmax = self.core_attention.scale_mask_softmax
+            softmax.window_size = None  # the window comes in through the mask (see forward)
+            softmax.attn_mask_type = AttnMaskType.arbitrary  # so a fused kernel honours the mask too
 
     def forward(self, hidden_states, attention_mask, *args, rotary_pos_emb=None, **kwargs):
-        if self.is_sliding and rotary_pos_emb is not None:
-            seq = (rotary_pos_emb[0] if isinstance(rotary_pos_emb, tuple) else rotary_pos_emb).shape[0]
-            rotary_pos_emb = self.local_rope(seq)
+        if self.is_sliding:
+            seq = hidden_states.shape[0] * (self.config.tensor_model_parallel_size
+                                            if self.config.sequence_parallel else 1)
+            if rotary_pos_emb is not None:
+                rotary_pos_emb = self.local_rope(seq)
+            window = get_sliding_window_causal_mask(seq, seq, (self.config.window_size[0], 0))
+            window = window.to(hidden_states.device)  # True = masked, like megatron's attention masks
+            attention_mask = window if attention_mask is None else (attention_mask | window)
         return super().forward(hidden_states, attention_mask, *args, rotary_pos_emb=rotary_pos_emb, **kwargs)
 
 
