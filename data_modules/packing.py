@@ -8,6 +8,7 @@ image placeholders were expanded to encoder tokens, so they are exact) and per-s
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -96,11 +97,12 @@ def block_causal_mask(cu_seqlens: list[list[int]], length: int) -> torch.Tensor:
     return ~(same & causal).unsqueeze(1)
 
 
-def packed_seq_params(cu_seqlens: list[int]):
-    """megatron PackedSeqParams (THD) for one packed row (micro batch 1); used with Transformer Engine."""
+def packed_seq_params(cu_seqlens: list[int], device: Any = None):
+    """megatron PackedSeqParams (THD) for one packed row (micro batch 1); used with Transformer Engine, whose
+    causal attention takes sample boundaries from cu_seqlens (it ignores a dense mask)."""
     from megatron.core.packed_seq_params import PackedSeqParams
 
-    cu = torch.tensor(cu_seqlens, dtype=torch.int32)
+    cu = torch.tensor(cu_seqlens, dtype=torch.int32, device=device)
     max_len = int((cu[1:] - cu[:-1]).max())
     return PackedSeqParams(qkv_format="thd", cu_seqlens_q=cu, cu_seqlens_kv=cu, max_seqlen_q=max_len,
                            max_seqlen_kv=max_len)

@@ -220,7 +220,7 @@ class VLMTrainingModule(_lightning().LightningModule):
         mask = b["loss_mask"].to(dev)
         attn, psp = None, None
         if self.use_te_packing and ids.shape[0] == 1:
-            psp = packed_seq_params(b["cu_seqlens"][0])
+            psp = packed_seq_params(b["cu_seqlens"][0], device=dev)
         elif any(len(c) > 2 for c in b["cu_seqlens"]):
             attn = block_causal_mask(b["cu_seqlens"], ids.shape[1]).to(dev)
         inner = model

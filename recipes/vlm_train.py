@@ -123,6 +123,14 @@ def run(cfg) -> dict[str, Any]:
         raise ValueError(f"data.global_batch_size={gbs} must be a multiple of micro_batch_size x data-parallel size "
                          f"= {mbs} x {dp}")
     num_micro = gbs // (mbs * dp)
+    # Transformer Engine's causal attention ignores dense masks: packed rows go to it as THD sequences
+    # (cu_seqlens), which megatron supports for micro-batch 1 (Gemma3 uses local layers and the mask path)
+    from ecomvlm.recipes.models.decoder import te_available
+
+    te_packing = bool(d["pack"]) and te_available() and vlm_cfg.decoder.family != "gemma3"
+    if te_packing and mbs != 1:
+        raise ValueError(f"data.pack=true with Transformer Engine layers needs data.micro_batch_size=1 (got {mbs}): "
+                         f"packed rows are passed to TE as THD sequences; raise global_batch_size instead")
     loader_cfg = LoaderConfig(shards=d["shards"], micro_batch_size=mbs, max_seq_length=int(d["max_seq_length"]),
                               pack=bool(d["pack"]), pack_window=int(d["pack_window"]),
                               shuffle_buffer=int(d["shuffle_buffer"]), seed=int(c["run"]["seed"]),
@@ -139,7 +147,7 @@ def run(cfg) -> dict[str, Any]:
                       weight_decay=float(o["weight_decay"]), betas=tuple(o["betas"]), eps=float(o["eps"]),
                       warmup_steps=int(o["warmup_steps"]), clip_grad=float(o["clip_grad"]))
     module = VLMTrainingModule(model, opt, max_steps, num_micro, int(d["max_seq_length"]), mbs,
-                               use_te_packing=False, autocast_dtype=autocast, engine=engine,
+                               use_te_packing=te_packing, autocast_dtype=autocast, engine=engine,
                                distributed_optimizer=zero, bf16_params=params_dtype == torch.bfloat16)
     if resume_state is not None:
         dm.load_state_dict(resume_state[1]["data"])
