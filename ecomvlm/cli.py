@@ -11,6 +11,7 @@ import argparse
 import json
 import os
 import sys
+from functools import partial
 from pathlib import Path
 
 def _cmd_synth(args: argparse.Namespace) -> int:
@@ -115,6 +116,11 @@ def _cmd_launch(args: argparse.Namespace) -> int:
         time.sleep(2)
 
 
+def _ask(client, prompt: str) -> str:
+    """One user turn to an OpenAI-compatible endpoint (MMBench's answer matcher)."""
+    return client.chat([{"role": "user", "content": prompt}], max_tokens=256, temperature=0.0)
+
+
 def _cmd_eval(args: argparse.Namespace) -> int:
     from rich.console import Console
 
@@ -155,9 +161,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
                 from ecomvlm.eval.judge import OpenAIChatClient
 
                 client = OpenAIChatClient(args.judge_url, args.judge_model, api_key_env=args.judge_api_key_env)
-
-                def matcher(prompt: str) -> str:
-                    return client.chat([{"role": "user", "content": prompt}], max_tokens=256, temperature=0.0)
+                matcher = partial(_ask, client)
             elif args.mmbench_matcher == "judge":
                 raise ValueError("--mmbench-matcher judge needs --judge-url and --judge-model")
         for spec in args.model:
