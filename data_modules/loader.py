@@ -14,7 +14,6 @@ import json
 import random
 import tarfile
 from collections import Counter
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -22,8 +21,9 @@ from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from ecomvlm.data_modules.chat_templates import get_chat_format
+from ecomvlm.data_modules.config import DataConfig
 from ecomvlm.data_modules.packing import collate_rows, first_fit
-from ecomvlm.data_modules.preprocess import ImageSpec, SampleConfig, SampleTooLong, build_sample
+from ecomvlm.data_modules.preprocess import ImageSpec, SampleTooLong, build_sample
 
 
 def iter_tar_samples(path: str | Path) -> Iterator[tuple[str, dict[str, Any], list[bytes]]]:
@@ -48,42 +48,26 @@ def _sample(key: str, files: dict[str, bytes], path) -> tuple[str, dict[str, Any
     return key, meta, [files[name] for name in meta.get("images", [])]
 
 
-@dataclass
-class LoaderConfig:
-    shards: str = ""  # folder with shard-*.tar (+ manifest.json), or a glob
-    micro_batch_size: int = 1
-    max_seq_length: int = 4096
-    pack: bool = True
-    pack_window: int = 64  # samples considered together by first-fit
-    shuffle_buffer: int = 256
-    seed: int = 0
-    num_workers: int = 0
-    truncation: str = "skip"
-    max_images: int = 12
-    max_image_tokens: int | None = None
-    pad_to_multiple_of: int = 1  # 16 under FP8
+def shard_paths(shards: str) -> list[Path]:
+    """shard-*.tar in a folder, or the files of a glob."""
+    import glob
 
-    def shard_paths(self) -> list[Path]:
-        import glob
-
-        p = Path(self.shards)
-        paths = sorted(p.glob("shard-*.tar")) if p.is_dir() else sorted(Path(x) for x in glob.glob(self.shards))
-        if not paths:
-            raise FileNotFoundError(f"no shard-*.tar found at {self.shards!r}; make them with `ecomvlm data shards`")
-        return paths
+    p = Path(shards)
+    paths = sorted(p.glob("shard-*.tar")) if p.is_dir() else sorted(Path(x) for x in glob.glob(shards))
+    if not paths:
+        raise FileNotFoundError(f"no shard-*.tar found at {shards!r}; make them with `ecomvlm data shards`")
+    return paths
 
 
 class ShardStream(IterableDataset):
     """Yields collated batches. Skips are counted in ``self.stats`` (per worker; the DataModule aggregates)."""
 
-    def __init__(self, cfg: LoaderConfig, tokenizer, chat_format: str, image_spec: ImageSpec, image_token_id: int,
-                 rank: int = 0, world_size: int = 1) -> None:
+    def __init__(self, cfg: DataConfig, tokenizer, chat_format: str, image_spec: ImageSpec, image_token_id: int,
+                 rank: int = 0, world_size: int = 1, seed: int = 0, pad_to_multiple_of: int = 1) -> None:
         self.cfg, self.tok, self.fmt = cfg, tokenizer, get_chat_format(chat_format)
         self.spec, self.image_token_id = image_spec, image_token_id
-        self.rank, self.world = rank, world_size
-        self.paths = cfg.shard_paths()
-        self.sample_cfg = SampleConfig(max_seq_length=cfg.max_seq_length, truncation=cfg.truncation,
-                                       max_images=cfg.max_images, max_image_tokens=cfg.max_image_tokens)
+        self.rank, self.world, self.seed, self.pad_multiple = rank, world_size, seed, pad_to_multiple_of
+        self.paths = shard_paths(cfg.shards)
         self.epoch = 0
         self.skip_batches = 0
         self.stats: Counter = Counter()
@@ -94,7 +78,7 @@ class ShardStream(IterableDataset):
         wid, nw = (info.id, info.num_workers) if info else (0, 1)
         slot, n_slots = self.rank * nw + wid, self.world * nw
         paths = list(self.paths)
-        random.Random(f"shards:{self.cfg.seed}:{self.epoch}").shuffle(paths)
+        random.Random(f"shards:{self.seed}:{self.epoch}").shuffle(paths)
         if len(paths) >= n_slots:  # whole shards per reader (cheap: each tar is read by one reader only)
             for p in paths[slot::n_slots]:
                 yield from iter_tar_samples(p)
@@ -107,7 +91,7 @@ class ShardStream(IterableDataset):
                     i += 1
 
     def _shuffled(self) -> Iterator[tuple[str, dict[str, Any], list[bytes]]]:
-        rng = random.Random(f"buffer:{self.cfg.seed}:{self.epoch}:{self.rank}")
+        rng = random.Random(f"buffer:{self.seed}:{self.epoch}:{self.rank}")
         buf: list = []
         for s in self._my_samples():
             buf.append(s)
@@ -119,7 +103,7 @@ class ShardStream(IterableDataset):
     def _samples(self):
         for key, meta, images in self._shuffled():
             try:
-                s = build_sample(meta, images, self.tok, self.fmt, self.spec, self.sample_cfg, self.image_token_id)
+                s = build_sample(meta, images, self.tok, self.fmt, self.spec, self.cfg, self.image_token_id)
             except SampleTooLong:
                 self.stats["skipped:too_long"] += 1
                 continue
@@ -146,7 +130,7 @@ class ShardStream(IterableDataset):
             produced += 1
             if produced <= my_skip:
                 return None
-            batch = collate_rows(rows, pad, multiple_of=cfg.pad_to_multiple_of)
+            batch = collate_rows(rows, pad, multiple_of=self.pad_multiple)
             # skip/cap counters live in this (worker) process: ship a snapshot with every batch
             batch["worker_stats"] = (wid, dict(self.stats))
             return batch
@@ -191,11 +175,12 @@ class VLMDataModule(LightningDataModule):
     replays the same (seeded) stream and fast-forwards past the consumed batches.
     """
 
-    def __init__(self, cfg: LoaderConfig, tokenizer, chat_format: str, image_spec: ImageSpec, image_token_id: int,
-                 rank: int = 0, world_size: int = 1) -> None:
+    def __init__(self, cfg: DataConfig, tokenizer, chat_format: str, image_spec: ImageSpec, image_token_id: int,
+                 rank: int = 0, world_size: int = 1, seed: int = 0, pad_to_multiple_of: int = 1) -> None:
         super().__init__()
         self.cfg = cfg
-        self.dataset = ShardStream(cfg, tokenizer, chat_format, image_spec, image_token_id, rank, world_size)
+        self.dataset = ShardStream(cfg, tokenizer, chat_format, image_spec, image_token_id, rank, world_size, seed,
+                                   pad_to_multiple_of)
         self.epoch = 0
         self.in_epoch = 0
         self._worker_stats: dict[int, dict[str, int]] = {}

@@ -40,12 +40,9 @@ def first_fit(samples: list[Sample], max_len: int) -> list[PackedRow]:
     return rows
 
 
-def collate_rows(rows: list[PackedRow], pad_id: int, pad_to: int | None = None, multiple_of: int = 1) -> dict:
+def collate_rows(rows: list[PackedRow], pad_id: int, multiple_of: int = 1) -> dict:
     """Packed rows -> a batch dict for the model (all rows padded to one length)."""
-    L = max(r.length for r in rows)
-    if pad_to is not None:
-        L = max(L, pad_to)
-    L = -(-L // multiple_of) * multiple_of
+    L = -(-max(r.length for r in rows) // multiple_of) * multiple_of
     B = len(rows)
     input_ids = torch.full((B, L), pad_id, dtype=torch.long)
     labels = torch.full((B, L), pad_id, dtype=torch.long)

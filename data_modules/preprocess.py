@@ -1,5 +1,5 @@
-"""Per-sample preprocessing: images (per encoder), chat template (per decoder), placeholder expansion, loss mask,
-image budget and truncation. Knows encoders only through :class:`ImageSpec` and decoders only through the
+"""Per-sample preprocessing: images (per encoder image mode), chat template (per decoder), placeholder expansion,
+loss mask, image budget and truncation. Knows encoders only through :class:`ImageSpec` and decoders only through the
 tokenizer + :class:`ChatFormat` (no megatron import here).
 """
 
@@ -15,39 +15,45 @@ import torch
 from PIL import Image
 
 from ecomvlm.data_modules.chat_templates import IMAGE_TOKEN, ChatFormat, llava_to_messages, render
+from ecomvlm.data_modules.config import DataConfig
+
+IMAGE_MODES = ("fixed", "native")
 
 
-@dataclass
+@dataclass(frozen=True)
 class ImageSpec:
-    """What the data pipeline needs to know about a vision encoder."""
+    """What the data pipeline needs to know about a vision encoder (its family's ``image_spec()`` makes one).
 
-    family: str = "siglip"  # siglip (fixed square resize) | qwen2_5_vit (native resolution)
-    image_size: int = 384
-    patch_size: int = 14
-    image_mean: tuple[float, ...] = (0.5, 0.5, 0.5)
-    image_std: tuple[float, ...] = (0.5, 0.5, 0.5)
-    spatial_merge_size: int = 2
-    temporal_patch_size: int = 2
-    min_pixels: int = 56 * 56
-    max_pixels: int = 1280 * 28 * 28
+    Modes: ``fixed`` - every image resized to ``image_size`` square (SigLIP); ``native`` - Qwen2-VL's resize to a
+    multiple of patch x merge within [min_pixels, max_pixels], patches in merge-window order (Qwen2.5-ViT).
+    """
 
-    @classmethod
-    def from_encoder(cls, enc: Any) -> "ImageSpec":
-        """From an EncoderConfig (or any object/dict with the same field names)."""
-        get = (lambda k, d=None: enc.get(k, d)) if isinstance(enc, dict) else (lambda k, d=None: getattr(enc, k, d))
-        kw = {f: get(f) for f in cls.__dataclass_fields__ if get(f) is not None}
-        for k in ("image_mean", "image_std"):
-            if k in kw:
-                kw[k] = tuple(kw[k])
-        return cls(**kw)
+    mode: str
+    patch_size: int
+    image_mean: tuple[float, ...]
+    image_std: tuple[float, ...]
+    image_size: int = 0  # fixed
+    spatial_merge_size: int = 1  # native
+    temporal_patch_size: int = 1
+    min_pixels: int = 0
+    max_pixels: int = 0
+
+    def __post_init__(self) -> None:
+        if self.mode not in IMAGE_MODES:
+            raise ValueError(f"image mode {self.mode!r}; choose one of {IMAGE_MODES}")
 
     @property
     def factor(self) -> int:
         return self.patch_size * self.spatial_merge_size
 
+    @property
+    def fixed_tokens(self) -> int | None:
+        """Tokens per image when every image gives the same number (fixed mode), else None."""
+        return (self.image_size // self.patch_size) ** 2 if self.mode == "fixed" else None
+
     def tokens_for_size(self, width: int, height: int, max_pixels: int | None = None) -> int:
-        if self.family == "siglip":
-            return (self.image_size // self.patch_size) ** 2
+        if self.mode == "fixed":
+            return self.fixed_tokens
         h, w = smart_resize(height, width, self.factor, self.min_pixels, max_pixels or self.max_pixels)
         return (h // self.patch_size) * (w // self.patch_size) // self.spatial_merge_size ** 2
 
@@ -55,15 +61,14 @@ class ImageSpec:
         """-> pixel_values (+ image_grid_thw for native resolution) and the LLM tokens of each image."""
         mean = np.array(self.image_mean, dtype=np.float32)[:, None, None]
         std = np.array(self.image_std, dtype=np.float32)[:, None, None]
-        if self.family == "siglip":
+        if self.mode == "fixed":
             arrs = []
             for im in images:
                 im = im.convert("RGB").resize((self.image_size, self.image_size), Image.BICUBIC)
                 a = np.asarray(im, dtype=np.float32).transpose(2, 0, 1) / 255.0
                 arrs.append((a - mean) / std)
-            n = (self.image_size // self.patch_size) ** 2
             return {"pixel_values": torch.from_numpy(np.stack(arrs)) if arrs else None, "image_grid_thw": None,
-                    "tokens": [n] * len(images)}
+                    "tokens": [self.fixed_tokens] * len(images)}
         patches, grids, tokens = [], [], []
         for im in images:
             im = im.convert("RGB")
@@ -103,20 +108,6 @@ def qwen_patchify(image: np.ndarray, patch: int, merge: int, temporal: int) -> t
 
 
 @dataclass
-class SampleConfig:
-    max_seq_length: int = 4096
-    truncation: str = "skip"  # skip (count as too_long) | truncate (cut text at the end, never inside images)
-    max_images: int = 12  # per sample; extra images are dropped with their placeholders (counted)
-    max_image_tokens: int | None = None  # per sample; native-res encoders downscale to fit, fixed-res drop images
-
-    def __post_init__(self) -> None:
-        if self.truncation not in ("skip", "truncate"):
-            raise ValueError(f"truncation={self.truncation!r}: choose skip or truncate")
-        if self.max_images < 0:
-            raise ValueError("max_images must be >= 0")
-
-
-@dataclass
 class Sample:
     input_ids: list[int]
     loss_mask: list[int]
@@ -151,7 +142,7 @@ def _drop_placeholders(conversations: list[dict[str, str]], keep: int) -> list[d
 
 
 def build_sample(meta: dict[str, Any], image_bytes: list[bytes], tokenizer, fmt: ChatFormat, spec: ImageSpec,
-                 cfg: SampleConfig, image_token_id: int) -> Sample:
+                 cfg: DataConfig, image_token_id: int) -> Sample:
     """One shard sample -> token ids (image placeholders expanded) + loss mask + pixels. Raises SampleTooLong."""
     notes = []
     conversations = meta["conversations"]
@@ -164,8 +155,8 @@ def build_sample(meta: dict[str, Any], image_bytes: list[bytes], tokenizer, fmt:
     if cfg.max_image_tokens is not None and images:
         total = sum(spec.tokens_for_size(im.width, im.height) for im in images)
         if total > cfg.max_image_tokens:
-            if spec.family == "siglip":
-                keep = max(0, cfg.max_image_tokens // spec.tokens_for_size(1, 1))
+            if spec.fixed_tokens is not None:
+                keep = max(0, cfg.max_image_tokens // spec.fixed_tokens)
                 conversations = _drop_placeholders(conversations, keep)
                 images = images[:keep]
                 notes.append("images_capped")

@@ -28,7 +28,12 @@ from typing import Any, Callable
 from PIL import Image
 
 from ecomvlm.data_modules.llava_json import (
-    CORRUPT_IMAGE, MISSING_IMAGE, SkipCounter, iter_checked, read_records, record_images,
+    CORRUPT_IMAGE,
+    MISSING_IMAGE,
+    SkipCounter,
+    iter_checked,
+    read_records,
+    record_images,
 )
 from ecomvlm.data_modules.mixture import MixtureEntry, counts_table, load_mixture, resolve
 

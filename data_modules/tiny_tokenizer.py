@@ -1,7 +1,7 @@
 """Tiny byte-level BPE tokenizers built offline with `tokenizers`, wrapped as HF fast tokenizers.
 
 Tests and the CPU demo cannot download a real Llama/Qwen/Gemma tokenizer, so they train a small one on the
-text they will see (deterministic: same corpus -> same vocab) and give it the family's special tokens and chat
+text they will see (deterministic: same corpus -> same vocab) and give it the chat format's special tokens and chat
 template. Byte-level means any string encodes (no <unk>), like the real ones.
 """
 
@@ -21,13 +21,13 @@ DEFAULT_CORPUS = [
 ]
 
 
-def build_tiny_tokenizer(family: str = "chatml", corpus: Iterable[str] | None = None, vocab_size: int = 512,
+def build_tiny_tokenizer(chat_format: str = "chatml", corpus: Iterable[str] | None = None, vocab_size: int = 512,
                          model_max_length: int = 4096):
     """Train a byte-level BPE on `corpus` and return a transformers PreTrainedTokenizerFast."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
-    fmt = get_chat_format(family)
+    fmt = get_chat_format(chat_format)
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
@@ -49,7 +49,7 @@ def build_tiny_tokenizer(family: str = "chatml", corpus: Iterable[str] | None = 
         padding_side="right",
     )
     hf.chat_template = fmt.jinja()
-    hf.init_kwargs["chat_format"] = fmt.family
+    hf.init_kwargs["chat_format"] = fmt.name
     return hf
 
 

@@ -15,7 +15,6 @@ higher learning rate than the paper's; everything else is the code path of a rea
 from __future__ import annotations
 
 import json
-import re
 import time
 from pathlib import Path
 
@@ -35,44 +34,19 @@ COMMON = ["model.encoder.image_size=64", "data.max_seq_length=512", "data.micro_
           "optim.vision_lr_mult=1.0", "trainer.log_every=20"]
 
 
-def _norm(s: str) -> str:
-    return re.sub(r"[^a-z0-9 ]", "", s.lower().replace("gray", "grey")).strip()
-
-
-def answer_accuracy(hf_dir: Path, items: list[dict], data_dir: Path, question: str, field: str) -> float:
-    """Greedy answers of the exported model to `question` on each item's front image, exact after normalising."""
-    import torch
-    from PIL import Image
-    from transformers import AutoProcessor, LlavaForConditionalGeneration
-
-    model = LlavaForConditionalGeneration.from_pretrained(hf_dir).eval()
-    proc = AutoProcessor.from_pretrained(hf_dir)
-    prompt = proc.tokenizer.apply_chat_template([{"role": "user", "content": "<image>\n" + question}],
-                                                tokenize=False, add_generation_prompt=True)
-    correct = 0
-    for i in range(0, len(items), 16):
-        chunk = items[i:i + 16]
-        images = [Image.open(data_dir / it["images"][0]).convert("RGB") for it in chunk]
-        inputs = proc(images=images, text=[prompt] * len(chunk), return_tensors="pt", padding=True)
-        with torch.no_grad():
-            out = model.generate(**inputs, max_new_tokens=6, do_sample=False,
-                                 pad_token_id=proc.tokenizer.pad_token_id)
-        for it, seq in zip(chunk, out[:, inputs["input_ids"].shape[1]:]):
-            text = proc.tokenizer.decode(seq, skip_special_tokens=True)
-            correct += _norm(text) == _norm(it[field])
-    return correct / max(1, len(items))
-
-
 def run_demo(workdir: Path, quick: bool = False) -> int:
     import torch
 
     from ecomvlm.data_modules.shards import ShardConfig, make_shards
     from ecomvlm.data_modules.synth import COLOURS, SynthConfig, synthesize
     from ecomvlm.data_modules.tiny_tokenizer import build_tiny_tokenizer, save_tiny_tokenizer
-    from ecomvlm.recipes.models.convert import gather_full_state
+    from ecomvlm.eval.backends import HFBackend
+    from ecomvlm.eval.runner import evaluate as run_benchmarks
+    from ecomvlm.recipes.config import load, model_config
     from ecomvlm.recipes.models.hf_io import export_llava_hf
     from ecomvlm.recipes.models.parallel import ParallelConfig, init_distributed
-    from ecomvlm.recipes.models.registry import compose, vlm_config_from_cfg
+    from ecomvlm.recipes.models.registry import resolve
+    from ecomvlm.recipes.models.sharding import gather_full_state
     from ecomvlm.recipes.models.vlm import build_vlm
     from ecomvlm.recipes.vlm_train import run as train_stage
 
@@ -98,20 +72,18 @@ def run_demo(workdir: Path, quick: bool = False) -> int:
                                     samples_per_shard=500, workers=1))
         console.print(f"shards/{name}: {m['samples']} samples in {len(m['shards'])} shards, skipped {m['skipped']}")
 
-    eval_items = [json.loads(l) for l in (data / "items.jsonl").read_text().splitlines()]
-    eval_items = [it for it in eval_items if it["split"] == "eval"]
-    colour_q = "What is the main colour of this item? Answer with a short phrase."
-    category_q = "What kind of product is this? Answer with a short phrase."
+    n_eval_items = manifest["items"]["eval"]
 
     def evaluate(hf_dir: Path) -> dict[str, float]:
-        return {"colour": answer_accuracy(hf_dir, eval_items, data, colour_q, "colour"),
-                "category": answer_accuracy(hf_dir, eval_items, data, category_q, "category")}
+        """Held-out colour / category questions, scored by `ecomvlm eval`'s runner (aspect matching)."""
+        res = run_benchmarks(HFBackend(str(hf_dir), batch_size=16), hf_dir.name, ["aspect_colour", "aspect_category"],
+                             workdir / "eval_aspects", data_dir=data, max_new_tokens=6)
+        return {"colour": res["aspect_colour"]["accuracy"] / 100, "category": res["aspect_category"]["accuracy"] / 100}
 
     console.rule("[bold]3. untrained model -> HF export -> held-out questions")
     base = ["model=tiny_siglip_qwen3", f"tokenizer.path={workdir / 'tokenizer'}", *COMMON]
     init_distributed(ParallelConfig(), seed=1234)
-    cfg = vlm_config_from_cfg(compose("train", base + ["data.shards=x"]).model,
-                              image_token_id=tok.convert_tokens_to_ids("<image>"))
+    cfg = resolve(model_config(base), image_token_id=tok.convert_tokens_to_ids("<image>"))
     torch.manual_seed(1234)
     untrained = build_vlm(cfg, ParallelConfig()).eval()
     before = evaluate(export_llava_hf(gather_full_state(untrained), cfg, tok, workdir / "hf_untrained",
@@ -125,11 +97,11 @@ def run_demo(workdir: Path, quick: bool = False) -> int:
         n = quick_steps if quick else steps
         over = [*base, f"recipe={recipe}", f"data.shards={workdir / 'shards' / shards}",
                 f"run.dir={workdir / 'runs' / recipe}", f"trainer.max_steps={n}", f"trainer.save_every={n}",
-                f"recipe.warmup_steps={max(1, n // 10)}"]
+                f"optim.warmup_steps={max(1, n // 10)}"]
         if previous:
             over.append(f"init.from_checkpoint={previous}")
         st = time.time()
-        s = train_stage(compose("train", over))
+        s = train_stage(load("train", over))
         previous = ckpts[recipe] = s["final_checkpoint"]
         tps = sum(s["tokens_per_s"]) / max(1, len(s["tokens_per_s"]))
         rows.append((recipe, str(len(s["losses"])), f"{s['losses'][0]:.3f}" if s["losses"] else "-",
@@ -145,9 +117,8 @@ def run_demo(workdir: Path, quick: bool = False) -> int:
     after = evaluate(general)
     hf_dir = general
 
-    from ecomvlm.eval.backends import HFBackend
     from ecomvlm.eval.report import plot, tables_markdown
-    from ecomvlm.eval.runner import ECOMMERCE, ITEM_INTEL, evaluate as run_benchmarks
+    from ecomvlm.eval.runner import ECOMMERCE, ITEM_INTEL
 
     console.rule("[bold]6. ecomvlm eval: Table 1 (e-commerce) and Table 3 (item intelligence, rule judge)")
     bench = {}
@@ -156,10 +127,10 @@ def run_demo(workdir: Path, quick: bool = False) -> int:
         bench[name] = run_benchmarks(HFBackend(str(d)), name, sets, workdir / "eval", data_dir=data,
                                      limit=6 if quick else 40, max_new_tokens=12 if quick else 48,
                                      item_intel_max_new_tokens=160, json_retries=0)
-    ii_before = {"valid_json": 1 - bench["stage3"][ITEM_INTEL]["unparsed"] / bench["stage3"][ITEM_INTEL]["n"],
-                 "f1": bench["stage3"][ITEM_INTEL]["f1"]}
-    ii_after = {"valid_json": 1 - bench["item_intel_ft"][ITEM_INTEL]["unparsed"] / bench["item_intel_ft"][ITEM_INTEL]["n"],
-                "f1": bench["item_intel_ft"][ITEM_INTEL]["f1"]}
+    def json_and_f1(m):
+        return {"valid_json": 1 - m["unparsed"] / m["n"], "f1": m["f1"]}
+
+    ii_before, ii_after = json_and_f1(bench["stage3"][ITEM_INTEL]), json_and_f1(bench["item_intel_ft"][ITEM_INTEL])
     plot(bench, workdir / "eval" / "results.png")
     (workdir / "eval" / "table.md").write_text(tables_markdown(bench))
 
@@ -169,7 +140,7 @@ def run_demo(workdir: Path, quick: bool = False) -> int:
     for r in rows:
         table.add_row(*r)
     console.print(table)
-    res = Table(title=f"held-out products ({len(eval_items)}): exact answers after normalisation")
+    res = Table(title=f"held-out products ({n_eval_items}): answers matched by ecomvlm eval's aspect scorer")
     for col in ("question", "before training", "after training"):
         res.add_column(col, justify="left" if col == "question" else "right")
     res.add_row("main colour (10 colours)", f"{before['colour']:.2f}", f"{after['colour']:.2f}")
@@ -186,8 +157,9 @@ def run_demo(workdir: Path, quick: bool = False) -> int:
     console.print(f"HF exports: {general}, {item_model} (transformers LlavaForConditionalGeneration); wall time "
                   f"{time.time() - t0:.0f} s")
     (workdir / "demo_result.json").write_text(json.dumps(
-        {"before": before, "after": after, "benchmarks": bench, "item_intel": {"stage3": ii_before, "item_intel_ft": ii_after},
-         "stages": rows, "hf_dir": str(hf_dir), "quick": quick}, indent=2) + "\n")
+        {"before": before, "after": after, "benchmarks": bench,
+         "item_intel": {"stage3": ii_before, "item_intel_ft": ii_after}, "stages": rows, "hf_dir": str(hf_dir),
+         "quick": quick}, indent=2) + "\n")
     if not quick and after["colour"] < 0.8:
         console.print("[red]colour accuracy after training is below 0.8: the demo did not learn enough[/red]")
         return 1

@@ -20,6 +20,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from ecomvlm.data_modules.chat_templates import IMAGE_TOKEN
+
 
 class Backend(Protocol):
     name: str
@@ -31,11 +33,11 @@ class Backend(Protocol):
 def split_images(text: str, n_images: int) -> tuple[list[str], str]:
     """Text around `<image>` placeholders -> (segments before each image, trailing text). Prompts without
     placeholders put all images first."""
-    if "<image>" not in text:
+    if IMAGE_TOKEN not in text:
         return [""] * n_images, text
-    parts = text.split("<image>")
+    parts = text.split(IMAGE_TOKEN)
     if len(parts) - 1 != n_images:
-        raise ValueError(f"prompt has {len(parts) - 1} <image> placeholders but {n_images} images were given; "
+        raise ValueError(f"prompt has {len(parts) - 1} {IMAGE_TOKEN} placeholders but {n_images} images were given; "
                          f"fix the record (one placeholder per image, or none)")
     return parts[:-1], parts[-1]
 
@@ -81,8 +83,8 @@ class HFBackend:
         self.string_content = "'type'" not in template and '"type"' not in template
 
     def _prompt(self, text: str, n_images: int) -> str:
-        if "<image>" not in text:
-            text = "<image>\n" * n_images + text
+        if IMAGE_TOKEN not in text:
+            text = f"{IMAGE_TOKEN}\n" * n_images + text
         if self.string_content:  # our exports: plain-text turns with <image> placeholders
             return self.processor.tokenizer.apply_chat_template([{"role": "user", "content": text}], tokenize=False,
                                                                 add_generation_prompt=True)
@@ -173,7 +175,7 @@ class OpenAIBackend:
     name: str = "openai"
 
     def __post_init__(self) -> None:
-        from ecomvlm.eval.judge import OpenAIChatClient
+        from ecomvlm.eval.openai_client import OpenAIChatClient
 
         self.client = OpenAIChatClient(self.base_url, self.model, api_key_env=self.api_key_env,
                                        timeout_s=self.timeout_s)

@@ -24,14 +24,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import re
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Protocol
 
-from ecomvlm.eval.scoring import normalize
+from ecomvlm.eval.openai_client import OpenAIChatClient
+from ecomvlm.eval.scoring import normalize, parse_model_json
 
 PROMPTS_DIR = Path(__file__).parent / "judge_prompts"
 VERDICTS = ("correct", "incorrect", "unverifiable")
@@ -54,24 +52,6 @@ def flatten_facts(obj: Any, prefix: str = "") -> list[tuple[str, str]]:
     if obj is None or (isinstance(obj, str) and not obj.strip()):
         return []
     return [(prefix or "value", str(obj))]
-
-
-def parse_model_json(text: str) -> dict[str, Any] | None:
-    """The first JSON object in a model answer (```json fences and text around it allowed); None if there is none."""
-    t = text.strip()
-    fence = re.search(r"```(?:json)?\s*(.*?)```", t, re.S)
-    if fence:
-        t = fence.group(1).strip()
-    start = t.find("{")
-    while start != -1:
-        try:
-            obj, _ = json.JSONDecoder().raw_decode(t[start:])
-            if isinstance(obj, dict):
-                return obj
-        except json.JSONDecodeError:
-            pass
-        start = t.find("{", start + 1)
-    return None
 
 
 @dataclass
@@ -114,7 +94,8 @@ class RuleJudge:
             ok = val in by_field[key]
             verdicts.append("correct" if ok else "incorrect")
             if ok:
-                found |= {i + 1 for i, (p, rv) in enumerate(reference) if p.split(".")[-1] == key and normalize(rv) == val}
+                found |= {i + 1 for i, (p, rv) in enumerate(reference)
+                          if p.split(".")[-1] == key and normalize(rv) == val}
         return ItemVerdict(verdicts, found)
 
 
@@ -181,58 +162,6 @@ def validate_verdict(text: str, n_pred: int, n_ref: int) -> ItemVerdict:
     if not isinstance(found, list) or not all(isinstance(i, int) and 1 <= i <= n_ref for i in found):
         raise ValueError(f'"reference_found" must list reference fact ids in 1..{n_ref}')
     return ItemVerdict([verdicts[i] for i in range(1, n_pred + 1)], set(found), raw=text)
-
-
-@dataclass
-class OpenAIChatClient:
-    """Minimal OpenAI-compatible chat client (httpx): retries transport errors and 429/5xx with backoff."""
-
-    base_url: str
-    model: str
-    api_key_env: str = "OPENAI_API_KEY"
-    timeout_s: float = 120.0
-    http_retries: int = 3
-    backoff_s: float = 1.0
-
-    def __post_init__(self) -> None:
-        import httpx
-
-        self.base_url = self.base_url.rstrip("/")
-        if not self.base_url.endswith("/v1"):
-            self.base_url += "/v1"
-        key = os.environ.get(self.api_key_env, "")
-        headers = {"Content-Type": "application/json"}
-        if key:
-            headers["Authorization"] = f"Bearer {key}"
-        self._http = httpx.Client(timeout=self.timeout_s, headers=headers)
-
-    def __repr__(self) -> str:  # never show headers (the key) in logs or tracebacks
-        return f"OpenAIChatClient(base_url={self.base_url!r}, model={self.model!r})"
-
-    def chat(self, messages: list[dict[str, Any]], *, max_tokens: int = 512, temperature: float = 0.0,
-             json_schema: dict[str, Any] | None = None, extra: dict[str, Any] | None = None) -> str:
-        import httpx
-
-        body: dict[str, Any] = {"model": self.model, "messages": messages, "max_tokens": max_tokens,
-                                "temperature": temperature, **(extra or {})}
-        if json_schema is not None:
-            body["response_format"] = {"type": "json_schema",
-                                       "json_schema": {"name": "answer", "schema": json_schema, "strict": True}}
-        last = ""
-        for attempt in range(self.http_retries + 1):
-            try:
-                r = self._http.post(f"{self.base_url}/chat/completions", json=body)
-            except httpx.HTTPError as e:
-                last = f"{type(e).__name__}: {e}"
-            else:
-                if r.status_code == 200:
-                    return r.json()["choices"][0]["message"].get("content") or ""
-                last = f"HTTP {r.status_code}: {r.text[:200]}"
-                if r.status_code not in (408, 409, 429) and r.status_code < 500:
-                    break  # a request error: retrying does not help
-            if attempt < self.http_retries:
-                time.sleep(self.backoff_s * 2 ** attempt)
-        raise ConnectionError(f"chat endpoint {self.base_url} failed: {last}")
 
 
 @dataclass

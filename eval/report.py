@@ -51,7 +51,8 @@ def tables_markdown(results: dict[str, dict[str, Any]]) -> str:
         out.append("| model | " + " | ".join(c for c, _, _ in used) + " | sec/example |")
         out.append("|" + "---|" * (len(used) + 2))
         for model, res in results.items():
-            out.append(f"| {model} | " + " | ".join(_cell(res, b, m) for _, b, m in used) + f" | {_sec(res, benches)} |")
+            cells = " | ".join(_cell(res, b, m) for _, b, m in used)
+            out.append(f"| {model} | {cells} | {_sec(res, benches)} |")
         out.append("")
     if any("item_intel" in r for r in results.values()):
         out.append("**Table 4: item-intelligence inference efficiency**\n")

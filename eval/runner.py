@@ -5,7 +5,7 @@ VLMs are evaluated the same way, through one of three backends (eval/backends.py
 OpenAI-compatible server). Benchmarks:
 - e-commerce (Table 1): the sets of docs/DATA_FORMAT.md "Eval sets", scored by eval/scoring.py;
 - item_intel (Table 3): JSON answers (schema-constrained where the backend can), judged by eval/judge.py;
-- public (Table 2): eval/public.py, datasets from local paths (`--public-data NAME=PATH`).
+- public (Table 2): eval/public/, datasets from local paths (`--public-data NAME=PATH`).
 """
 
 from __future__ import annotations
@@ -15,34 +15,17 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ecomvlm.data_modules.item_intel.schema import ITEM_INTEL_SCHEMA
 from ecomvlm.eval.backends import Backend
-from ecomvlm.eval.judge import Judge, RuleJudge, parse_model_json, score_item_intel
+from ecomvlm.eval.judge import Judge, RuleJudge, score_item_intel
 from ecomvlm.eval.public import PUBLIC, load_public, score_public
-from ecomvlm.eval.scoring import score_records
+from ecomvlm.eval.scoring import parse_model_json, score_records
 
 ECOMMERCE = ["aspect_general", "aspect_fashion", "aspect_fashion_tc", "fashion_apparel",
              "fashion_sneakers_handbags", "dae"]
 ITEM_INTEL = "item_intel"
 GROUPS = {"ecommerce": ECOMMERCE, "public": sorted(PUBLIC), "all": [*ECOMMERCE, ITEM_INTEL, *sorted(PUBLIC)]}
 KNOWN = [*ECOMMERCE, ITEM_INTEL, *sorted(PUBLIC)]
-
-# JSON schema of item-intelligence answers (docs/DATA_FORMAT.md), for schema-constrained decoding
-_STR_LIST = {"type": "array", "items": {"type": "string"}}
-ITEM_INTEL_SCHEMA: dict[str, Any] = {"type": "object", "additionalProperties": False, "properties": {
-    "identifiers": {"type": "object", "additionalProperties": False, "properties": {
-        "barcodes": {"type": "array", "items": {"type": "object", "properties": {"value": {"type": "string"}},
-                                                "required": ["value"], "additionalProperties": False}},
-        "model_number": {"type": "string"}}},
-    "attributes": {"type": "object", "additionalProperties": False, "properties": {
-        "product_type": {"type": "string"}, "product_category": {"type": "string"}, "brand_name": {"type": "string"},
-        "colors": _STR_LIST, "size": {"type": "string"}}},
-    "origin_production": {"type": "object", "additionalProperties": False,
-                          "properties": {"country_of_origin": {"type": "string"}}},
-    "regulatory_safety": {"type": "object", "additionalProperties": False, "properties": {
-        "certification_marks": _STR_LIST,
-        "hazard_statements": {"type": "array", "items": {"type": "object", "properties": {"text": {"type": "string"}},
-                                                         "required": ["text"], "additionalProperties": False}}}}}}
-
 
 def expand_benchmarks(spec: str) -> list[str]:
     """'ecommerce,mmbench' -> names; groups: ecommerce, public, all. Unknown names are an error."""

@@ -56,22 +56,34 @@ def classify(prediction: str, classes: list[str]) -> str | None:
     return hits[0] if len(hits) == 1 else None
 
 
-def parse_attributes(text: str) -> dict[str, str] | None:
-    """A JSON object (possibly inside ```json fences) or `key: value` lines -> {key: value}; None if neither."""
+def _unfenced(text: str) -> str:
+    """The content of a ```json fence if the answer has one, else the answer."""
     t = text.strip()
     fence = re.search(r"```(?:json)?\s*(.*?)```", t, re.S)
-    if fence:
-        t = fence.group(1).strip()
-    if t.startswith("{"):
+    return fence.group(1).strip() if fence else t
+
+
+def parse_model_json(text: str) -> dict[str, Any] | None:
+    """The first JSON object in a model answer (```json fences and text around it allowed); None if there is none."""
+    t = _unfenced(text)
+    start = t.find("{")
+    while start != -1:
         try:
-            obj = json.loads(t)
+            obj, _ = json.JSONDecoder().raw_decode(t[start:])
+            if isinstance(obj, dict):
+                return obj
         except json.JSONDecodeError:
-            obj = None
-        if isinstance(obj, dict):
-            flat: dict[str, str] = {}
-            for k, v in obj.items():
-                flat[str(k)] = ", ".join(map(str, v)) if isinstance(v, list) else str(v)
-            return flat
+            pass
+        start = t.find("{", start + 1)
+    return None
+
+
+def parse_attributes(text: str) -> dict[str, str] | None:
+    """A JSON object (possibly inside ```json fences) or `key: value` lines -> {key: value}; None if neither."""
+    obj = parse_model_json(text)
+    if obj is not None:
+        return {str(k): ", ".join(map(str, v)) if isinstance(v, list) else str(v) for k, v in obj.items()}
+    t = _unfenced(text)
     pairs = {}
     for line in t.splitlines():
         m = re.match(r"^\s*[-*]?\s*([^:]{1,60}):\s*(.+?)\s*$", line)

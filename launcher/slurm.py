@@ -1,8 +1,9 @@
 """`ecomvlm launch`: a recipe + Hydra overrides + a cluster config -> an sbatch script -> a SLURM job.
 
-The launcher imports no model code: it composes the recipe's config (to reject bad overrides and impossible
-parallel layouts *before* anything is queued), renders a script, and calls sbatch. Every override, path and
-environment value goes into the script through ``shlex.quote``, so a value like ``x'; rm -rf /`` stays data.
+The launcher imports no model code (the config schema only; no megatron): it composes the recipe's config (to
+reject bad overrides and impossible parallel layouts *before* anything is queued), renders a script, and calls
+sbatch. Every override, path and environment value goes into the script through ``shlex.quote``, so a value like
+``x'; rm -rf /`` stays data.
 
 What the script does: one task per GPU (``srun``), rendezvous from SLURM (MASTER_ADDR = first host of the job,
 MASTER_PORT from the job id; ranks from SLURM_PROCID), a stable run directory so a requeued job resumes from its
@@ -94,13 +95,16 @@ def validate(recipe: str, overrides: list[str], world_size: int) -> dict[str, An
     """Compose the recipe as the job will, and check the parallel layout against the job's world size."""
     from omegaconf import OmegaConf
 
-    from ecomvlm.config import compose
+    from ecomvlm.recipes.config import compose, unknown_settings
     from ecomvlm.recipes.models.parallel import ParallelConfig, validate_parallel
 
     try:
         cfg = compose(recipe, overrides)
     except Exception as e:  # hydra's errors name the bad key/group; keep their message, drop the traceback
         raise ValueError(f"recipe {recipe!r} with overrides {overrides}: {e}") from None
+    unknown = unknown_settings(cfg)
+    if unknown:
+        raise ValueError(f"recipe {recipe!r}: unknown settings {unknown}")
     c = OmegaConf.to_container(cfg, resolve=False)
     par = ParallelConfig(**c["parallel"])
     dec = c["model"]["decoder"]

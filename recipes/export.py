@@ -9,33 +9,27 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
-
-DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
-
 
 def export_checkpoint(checkpoint: str | Path, out: str | Path, dtype: str = "bf16") -> Path:
     from transformers import AutoTokenizer
 
-    from ecomvlm.recipes.checkpointing import load_checkpoint, read_meta, vlm_config_from_meta
-    from ecomvlm.recipes.models.convert import gather_full_state
-    from ecomvlm.recipes.models.hf_io import export_llava_hf
+    from ecomvlm.recipes.checkpointing import load_checkpoint, read_meta, resolve_checkpoint, vlm_config_from_meta
+    from ecomvlm.recipes.models.hf_io import check_exportable, export_llava_hf
     from ecomvlm.recipes.models.parallel import ParallelConfig, init_distributed
+    from ecomvlm.recipes.models.precision import dtype_of
+    from ecomvlm.recipes.models.sharding import gather_full_state
     from ecomvlm.recipes.models.vlm import build_vlm
 
-    if dtype not in DTYPES:
-        raise ValueError(f"--dtype {dtype!r}: choose one of {sorted(DTYPES)}")
-    checkpoint = Path(checkpoint)
+    torch_dtype = dtype_of(dtype, "--dtype")
+    checkpoint = resolve_checkpoint(checkpoint)
     meta = read_meta(checkpoint)
     tok_dir = checkpoint / "tokenizer"
     if not tok_dir.is_dir():
         raise FileNotFoundError(f"{tok_dir} not found: the checkpoint has no tokenizer to export with")
     cfg = vlm_config_from_meta(meta)
-    from ecomvlm.recipes.models.hf_io import hf_vision_config
-
-    hf_vision_config(cfg.encoder)  # fail before loading weights if this combination has no HF format
+    check_exportable(cfg)  # before any weight is read
     init_distributed(ParallelConfig())
     model = build_vlm(cfg, ParallelConfig(), world_size=1).eval()
     load_checkpoint(model, checkpoint)
     tokenizer = AutoTokenizer.from_pretrained(tok_dir)
-    return export_llava_hf(gather_full_state(model), cfg, tokenizer, out, dtype=DTYPES[dtype])
+    return export_llava_hf(gather_full_state(model), cfg, tokenizer, out, dtype=torch_dtype)

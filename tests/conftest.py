@@ -55,7 +55,7 @@ def repo_root() -> Path:
 @pytest.fixture(scope="session")
 def tiny_tokenizers() -> dict:
     """One tiny byte-level BPE tokenizer per chat format (llama3, chatml, gemma3), trained offline."""
-    from ecomvlm.data_modules.synth import BRANDS, COLOURS, PATTERNS, CATEGORIES
+    from ecomvlm.data_modules.synth import BRANDS, CATEGORIES, COLOURS, PATTERNS
     from ecomvlm.data_modules.tiny_tokenizer import DEFAULT_CORPUS, build_tiny_tokenizer
 
     corpus = DEFAULT_CORPUS + list(COLOURS) + PATTERNS + BRANDS + list(CATEGORIES)
@@ -65,7 +65,7 @@ def tiny_tokenizers() -> dict:
 @pytest.fixture(scope="session")
 def tiny_hf_configs() -> dict:
     """Tiny HF configs of every encoder/decoder family (random weights are built from these; nothing downloaded)."""
-    from ecomvlm.recipes.models.tiny_hf import tiny_hf_configs as make
+    from tiny_hf import tiny_hf_configs as make
 
     return make()
 
@@ -114,7 +114,8 @@ def run_torchrun(script: Path, nproc: int, *args: str, timeout: int = 300) -> su
            str(script), *args]
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
     if proc.returncode != 0:
-        raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}")
+        raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n"
+                             f"{proc.stderr[-6000:]}")
     return proc
 
 

@@ -4,7 +4,6 @@ import json
 import subprocess
 import sys
 
-
 from ecomvlm.cli import main
 
 

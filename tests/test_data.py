@@ -10,13 +10,14 @@ import torch
 from PIL import Image
 
 from ecomvlm.data_modules.chat_templates import get_chat_format
-from ecomvlm.data_modules.loader import LoaderConfig, VLMDataModule, iter_tar_samples
+from ecomvlm.data_modules.config import DataConfig
+from ecomvlm.data_modules.loader import VLMDataModule, iter_tar_samples
 from ecomvlm.data_modules.mixture import MixtureEntry, load_mixture
 from ecomvlm.data_modules.packing import block_causal_mask, collate_rows, first_fit
-from ecomvlm.data_modules.preprocess import ImageSpec, SampleConfig, SampleTooLong, build_sample
+from ecomvlm.data_modules.preprocess import ImageSpec, SampleTooLong, build_sample
 from ecomvlm.data_modules.shards import ShardConfig, make_shards
 
-SPEC = ImageSpec(family="siglip", image_size=32, patch_size=8)  # 16 tokens per image
+SPEC = ImageSpec(mode="fixed", image_size=32, patch_size=8, image_mean=(0.5,) * 3, image_std=(0.5,) * 3)  # 16 tokens
 
 
 # ---------------------------------------------------------------- mixtures
@@ -135,7 +136,7 @@ def _png(color=(200, 30, 30), size=(40, 30)) -> bytes:
 def test_placeholders_expand_to_encoder_tokens_and_only_answers_train(tiny_tokenizers, family):
     tok = tiny_tokenizers[family]
     img_id = tok.convert_tokens_to_ids("<image>")
-    s = build_sample(_meta(2), [_png(), _png()], tok, get_chat_format(family), SPEC, SampleConfig(), img_id)
+    s = build_sample(_meta(2), [_png(), _png()], tok, get_chat_format(family), SPEC, DataConfig(), img_id)
     assert s.input_ids.count(img_id) == 32 and s.pixel_values.shape == (2, 3, 32, 32)
     trained = tok.decode([i for i, m in zip(s.input_ids, s.loss_mask) if m])
     assert trained == "Red" + get_chat_format(family).turn_end.strip()
@@ -144,17 +145,17 @@ def test_placeholders_expand_to_encoder_tokens_and_only_answers_train(tiny_token
 def test_image_budget_caps_images_and_their_placeholders(tiny_tokenizers):
     tok = tiny_tokenizers["chatml"]
     img_id = tok.convert_tokens_to_ids("<image>")
-    s = build_sample(_meta(12), [_png()] * 12, tok, get_chat_format("chatml"), SPEC, SampleConfig(max_images=5), img_id)
+    s = build_sample(_meta(12), [_png()] * 12, tok, get_chat_format("chatml"), SPEC, DataConfig(max_images=5), img_id)
     assert s.n_images == 5 and s.input_ids.count(img_id) == 5 * 16 and "images_capped" in s.notes
     s = build_sample(_meta(12), [_png()] * 12, tok, get_chat_format("chatml"), SPEC,
-                     SampleConfig(max_image_tokens=50), img_id)
+                     DataConfig(max_image_tokens=50), img_id)
     assert s.n_images == 3 and s.input_ids.count(img_id) == 48
 
 
 def test_native_resolution_matches_transformers_and_downscales_to_budget(tiny_tokenizers):
     from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
-    spec = ImageSpec(family="qwen2_5_vit", patch_size=14, spatial_merge_size=2, min_pixels=56 * 56,
+    spec = ImageSpec(mode="native", patch_size=14, spatial_merge_size=2, temporal_patch_size=2, min_pixels=56 * 56,
                      max_pixels=200 * 28 * 28, image_mean=(0.48145466, 0.4578275, 0.40821073),
                      image_std=(0.26862954, 0.26130258, 0.27577711))
     img = Image.new("RGB", (300, 170), (10, 200, 90))
@@ -166,9 +167,9 @@ def test_native_resolution_matches_transformers_and_downscales_to_budget(tiny_to
     tok = tiny_tokenizers["chatml"]
     img_id = tok.convert_tokens_to_ids("<image>")
     full = build_sample(_meta(3), [_png(size=(600, 400))] * 3, tok, get_chat_format("chatml"), spec,
-                        SampleConfig(), img_id)
+                        DataConfig(), img_id)
     small = build_sample(_meta(3), [_png(size=(600, 400))] * 3, tok, get_chat_format("chatml"), spec,
-                         SampleConfig(max_image_tokens=150), img_id)
+                         DataConfig(max_image_tokens=150), img_id)
     assert full.input_ids.count(img_id) > 150 >= small.input_ids.count(img_id) > 0 and "downscaled" in small.notes
     assert small.n_images == 3  # nothing dropped: every image was shrunk instead
 
@@ -179,20 +180,20 @@ def test_truncation_policy(tiny_tokenizers):
     long_answer = " ".join(["Red"] * 80)
     with pytest.raises(SampleTooLong):
         build_sample(_meta(1, long_answer), [_png()], tok, get_chat_format("chatml"), SPEC,
-                     SampleConfig(max_seq_length=60), img_id)
+                     DataConfig(max_seq_length=60), img_id)
     s = build_sample(_meta(1, long_answer), [_png()], tok, get_chat_format("chatml"), SPEC,
-                     SampleConfig(max_seq_length=60, truncation="truncate"), img_id)
+                     DataConfig(max_seq_length=60, truncation="truncate"), img_id)
     assert len(s) == 60 and s.input_ids.count(img_id) == 16 and "truncated" in s.notes
     with pytest.raises(SampleTooLong):  # never cut inside the image tokens
         build_sample(_meta(1), [_png()], tok, get_chat_format("chatml"), SPEC,
-                     SampleConfig(max_seq_length=10, truncation="truncate"), img_id)
+                     DataConfig(max_seq_length=10, truncation="truncate"), img_id)
 
 
 # ---------------------------------------------------------------- packing
 def _samples(tok, n=6):
     img_id = tok.convert_tokens_to_ids("<image>")
     return [build_sample(_meta(1 + i % 2, "Red " * (i + 1)), [_png()] * (1 + i % 2), tok, get_chat_format("chatml"),
-                         SPEC, SampleConfig(), img_id) for i in range(n)]
+                         SPEC, DataConfig(), img_id) for i in range(n)]
 
 
 def test_packing_boundaries_positions_and_labels(tiny_tokenizers):
@@ -218,13 +219,14 @@ def test_packing_boundaries_positions_and_labels(tiny_tokenizers):
 def test_packed_row_gives_the_same_losses_as_separate_samples(megatron_single, tiny_tokenizers, model):
     """The gold test of packing: one packed row == each sample alone (images, positions and masks all right).
     Gemma3: samples longer than its sliding window (16 tokens here), so the window and packing masks combine."""
+    from ecomvlm.recipes.config import model_config
     from ecomvlm.recipes.models.parallel import ParallelConfig
-    from ecomvlm.recipes.models.registry import compose, vlm_config_from_cfg
+    from ecomvlm.recipes.models.registry import resolve
     from ecomvlm.recipes.models.vlm import build_vlm
 
     tok = tiny_tokenizers["chatml"]
-    cfg = vlm_config_from_cfg(compose("vlm", [f"model={model}", "model.encoder.image_size=32"]).model,
-                              image_token_id=tok.convert_tokens_to_ids("<image>"))
+    cfg = resolve(model_config([f"model={model}", "model.encoder.image_size=32"]),
+                  image_token_id=tok.convert_tokens_to_ids("<image>"))
     torch.manual_seed(0)
     model = build_vlm(cfg, ParallelConfig()).eval()
     samples = _samples(tok, 3)
@@ -245,16 +247,16 @@ def test_packed_row_gives_the_same_losses_as_separate_samples(megatron_single, t
 @pytest.fixture(scope="module")
 def shard_dir(tmp_path_factory, synth_data):
     out = tmp_path_factory.mktemp("shards")
-    make_shards(ShardConfig([synth_data / "train" / "stage3_instruct.json", synth_data / "train" / "item_intel_train.json"],
-                            out, image_root=synth_data, samples_per_shard=10, workers=1))
+    sources = [synth_data / "train" / "stage3_instruct.json", synth_data / "train" / "item_intel_train.json"]
+    make_shards(ShardConfig(sources, out, image_root=synth_data, samples_per_shard=10, workers=1))
     return out
 
 
 def _dm(tok, shard_dir, rank=0, world=1, **kw):
-    cfg = LoaderConfig(shards=str(shard_dir), micro_batch_size=2, max_seq_length=400, pack_window=8, shuffle_buffer=6,
-                       seed=3, **kw)
-    spec = ImageSpec(family="siglip", image_size=32, patch_size=8)
-    return VLMDataModule(cfg, tok, "chatml", spec, tok.convert_tokens_to_ids("<image>"), rank=rank, world_size=world)
+    cfg = DataConfig(shards=str(shard_dir), micro_batch_size=2, max_seq_length=400, pack_window=8, shuffle_buffer=6,
+                     **{"num_workers": 0, **kw})
+    return VLMDataModule(cfg, tok, "chatml", SPEC, tok.convert_tokens_to_ids("<image>"), rank=rank, world_size=world,
+                         seed=3)
 
 
 def test_ranks_see_disjoint_parts_that_cover_every_sample(tiny_tokenizers, shard_dir):
@@ -290,7 +292,7 @@ def test_resumed_stream_continues_exactly(tiny_tokenizers, shard_dir):
 def test_stream_counts_too_long_samples_across_workers(tiny_tokenizers, shard_dir, workers):
     tok = tiny_tokenizers["chatml"]
     dm = _dm(tok, shard_dir, num_workers=workers)
-    dm.dataset.sample_cfg.max_seq_length = dm.cfg.max_seq_length = 100
+    dm.cfg.max_seq_length = 100
     it = dm.batches()
     batches = [next(it) for _ in range(3)]
     assert dm.stats["skipped:too_long"] > 0 and dm.stats["samples"] > 0

@@ -53,15 +53,17 @@ def test_runner_on_an_exported_model(megatron_single, tiny_tokenizers, synth_dat
     import torch
 
     from ecomvlm.cli import main
-    from ecomvlm.recipes.models.convert import gather_full_state
+    from ecomvlm.eval.public import score_mme
+    from ecomvlm.recipes.config import model_config
     from ecomvlm.recipes.models.hf_io import export_llava_hf
     from ecomvlm.recipes.models.parallel import ParallelConfig
-    from ecomvlm.recipes.models.registry import compose, vlm_config_from_cfg
+    from ecomvlm.recipes.models.registry import resolve
+    from ecomvlm.recipes.models.sharding import gather_full_state
     from ecomvlm.recipes.models.vlm import build_vlm
 
     tok = tiny_tokenizers["chatml"]
-    cfg = vlm_config_from_cfg(compose("vlm", ["model=tiny_siglip_qwen3", "model.encoder.image_size=32"]).model,
-                              image_token_id=tok.convert_tokens_to_ids("<image>"))
+    cfg = resolve(model_config(["model=tiny_siglip_qwen3", "model.encoder.image_size=32"]),
+                  image_token_id=tok.convert_tokens_to_ids("<image>"))
     torch.manual_seed(0)
     hf = export_llava_hf(gather_full_state(build_vlm(cfg, ParallelConfig())), cfg, tok, tmp_path / "tiny",
                          dtype=torch.float32)
@@ -80,7 +82,8 @@ def test_runner_on_an_exported_model(megatron_single, tiny_tokenizers, synth_dat
                  "--public-data", f"mme={tmp_path / 'mme'}", "--json-retries", "1",
                  "--item-intel-max-new-tokens", "24"]) == 0
     res = json.loads((out / "results.json").read_text())
-    assert set(res["tiny"]) == {"aspect_general", "dae", "item_intel", "mme"} and res["tiny"]["aspect_general"]["n"] == 3
+    assert set(res["tiny"]) == {"aspect_general", "dae", "item_intel", "mme"}
+    assert res["tiny"]["aspect_general"]["n"] == 3
     per = json.loads((out / "tiny" / "dae.json").read_text())
     assert len(per["predictions"]) == 3 and per["metrics"]["sec_per_example"] > 0
     ii = res["tiny"]["item_intel"]
@@ -88,7 +91,11 @@ def test_runner_on_an_exported_model(megatron_single, tiny_tokenizers, synth_dat
     assert ii["n"] == 3 and ii["n_scored"] == 3 and ii["judge"] == "rules-v1"
     assert ii["unparsed"] == 3 and ii["model_retries"] == 3 and ii["f1"] == 0.0
     assert len(json.loads((out / "tiny" / "item_intel.json").read_text())["verdicts"]) == 3
-    assert 0 <= res["tiny"]["mme"]["perception"] <= 200 and res["tiny"]["mme"]["n"] == 4  # --limit 3 kept the pair
+    assert res["tiny"]["mme"]["n"] == 4  # --limit 3 kept the pair
+    # the reported score is the scorer's on the saved predictions (rows in the saved order)
+    mme = json.loads((out / "tiny" / "mme.json").read_text())["predictions"]
+    recs = [{"answer": r["answer"], "doc": {"category": "color", "question_id": r["id"].split("|")[0]}} for r in mme]
+    assert res["tiny"]["mme"]["perception"] == score_mme(recs, [r["prediction"] for r in mme])["perception"]
     table = (out / "table.md").read_text()
     assert "| tiny |" in table and all(f"Table {i}" in table for i in (1, 2, 3, 4))
     assert "MME (Perc.)" in table and (out / "results.png").stat().st_size > 1000

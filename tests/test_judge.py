@@ -8,8 +8,17 @@ import json
 
 import pytest
 
-from ecomvlm.eval.judge import (JudgePrompt, LLMJudge, OpenAIChatClient, RuleJudge, flatten_facts, parse_model_json,
-                                score_item_intel, validate_verdict, verdict_schema)
+from ecomvlm.eval.judge import (
+    JudgePrompt,
+    LLMJudge,
+    RuleJudge,
+    flatten_facts,
+    score_item_intel,
+    validate_verdict,
+    verdict_schema,
+)
+from ecomvlm.eval.openai_client import OpenAIChatClient
+from ecomvlm.eval.scoring import parse_model_json
 
 REF = {"identifiers": {"barcodes": [{"value": "4006381333931"}]},
        "attributes": {"product_type": "Toys", "brand_name": "Acme", "colors": ["Red", "Blue"]},

@@ -18,19 +18,35 @@ def _data_overrides(w: Path) -> list[str]:
             "data.global_batch_size=4", "data.max_seq_length=192", "data.num_workers=0", "model.encoder.image_size=32"]
 
 
-def test_render_quotes_everything_and_parses_as_bash(tmp_path):
+def test_rendered_script_runs_with_hostile_values_kept_as_data(tmp_path):
+    """The whole sbatch script runs (stub srun/scontrol on PATH): the recipe process gets exactly the override
+    strings given, in order, and the shell never executes any part of them."""
+    import os
+    import stat
+
     cluster = load_cluster("local")
-    nasty = "+note=\"x'; touch /tmp/ecomvlm_pwned; echo '\""
-    script = render(RECIPE, ["tokenizer.path=/tmp/a b", nasty], cluster, sweep=parse_sweep(["optim.lr=1e-3,2e-3"]))
+    pwned = tmp_path / "pwned"
+    nasty = f"run.note=x'; touch {pwned}; echo '$(touch {pwned})"
+    script = render(RECIPE, ["tokenizer.path=/tmp/a b", nasty], cluster, sweep=parse_sweep(["optim.lr=1e-3,2e-3"]),
+                    workdir=str(tmp_path))
     assert "#SBATCH --array=0-1" in script and "#SBATCH --requeue" in script
-    assert "MASTER_ADDR=$(scontrol show hostnames" in script
-    (tmp_path / "s.sh").write_text(script)
-    assert subprocess.run(["bash", "-n", str(tmp_path / "s.sh")]).returncode == 0
-    # the OVERRIDES array expands back to exactly the strings given, nothing executes
-    line = next(l for l in script.splitlines() if l.startswith("OVERRIDES="))
-    out = subprocess.run(["bash", "-c", line + '; printf "%s\\n" "${OVERRIDES[@]}"'], capture_output=True, text=True)
-    assert out.stdout.splitlines() == ["tokenizer.path=/tmp/a b", nasty]
-    assert not Path("/tmp/ecomvlm_pwned").exists()
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for name, body in (("srun", 'for a in "$@"; do printf "%s\\n" "$a"; done > "$ARGV_OUT"'),
+                       ("scontrol", 'echo node1')):
+        (bin_dir / name).write_text(f"#!/bin/bash\n{body}\n")
+        (bin_dir / name).chmod(stat.S_IRWXU)
+    (tmp_path / "job.sh").write_text(script)
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "SLURM_JOB_ID": "42", "SLURM_JOB_NODELIST": "node1",
+           "SLURM_NTASKS": "2", "SLURM_ARRAY_TASK_ID": "1", "ARGV_OUT": str(tmp_path / "argv")}
+    proc = subprocess.run(["bash", str(tmp_path / "job.sh")], env=env, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    argv = (tmp_path / "argv").read_text().splitlines()
+    tail = argv[argv.index("--config-name"):]
+    assert tail[:2] == ["--config-name", RECIPE]
+    assert tail[2:] == ["tokenizer.path=/tmp/a b", nasty, "optim.lr=2e-3",
+                        f"run.dir=runs/{RECIPE}/1_optim.lr_2e-3"]  # array task 1 of the sweep
+    assert not pwned.exists()
 
 
 def test_bad_overrides_and_impossible_layouts_fail_before_submission(capsys):
@@ -39,7 +55,8 @@ def test_bad_overrides_and_impossible_layouts_fail_before_submission(capsys):
     with pytest.raises(ValueError, match="not divisible by TP"):
         validate(RECIPE, ["tokenizer.path=x", "data.shards=y", "parallel=tp4"], 2)
     with pytest.raises(ValueError, match="global_batch_size=6"):
-        validate(RECIPE, ["tokenizer.path=x", "data.shards=y", "data.global_batch_size=6", "data.micro_batch_size=2"], 2)
+        validate(RECIPE, ["tokenizer.path=x", "data.shards=y", "data.global_batch_size=6",
+                          "data.micro_batch_size=2"], 2)
     assert main(["launch", RECIPE, "--cluster", "local", "--dry-run", "--", "parallel=tp8"]) == 2
     assert "impossible parallel layout" in capsys.readouterr().err
     with pytest.raises(FileNotFoundError, match="known: "):
@@ -83,7 +100,7 @@ def _submit(args: list[str], cwd: Path, capsys) -> str:
 @pytest.mark.slurm
 def test_two_task_job_trains_and_a_chained_stage_follows(tiny_train_inputs, tmp_path, capsys):
     w = tiny_train_inputs
-    nasty = "+note=\"x'; touch /tmp/ecomvlm_pwned\""
+    nasty = "run.note=\"x'; touch /tmp/ecomvlm_pwned\""
     j1 = _submit([RECIPE, "--cluster", "local", "--job-name", "s1", "--", *_data_overrides(w), nasty], tmp_path, capsys)
     j2 = _submit(["tiny_siglip_qwen3_stage2_mid", "--cluster", "local", "--job-name", "s2", "--after", j1, "--",
                   *_data_overrides(w), f"init.from_checkpoint={tmp_path / 'runs' / 's1'}"], tmp_path, capsys)
@@ -96,7 +113,7 @@ def test_two_task_job_trains_and_a_chained_stage_follows(tiny_train_inputs, tmp_
     assert (run1 / "checkpoints" / "step_00000002" / "meta.json").is_file()
     meta = json.loads((run1 / "checkpoints" / "step_00000002" / "meta.json").read_text())
     assert meta["saved_at"]["tensor_model_parallel_size"] == 1  # DP=2 job
-    assert json.loads((run1 / "config.json").read_text())["note"] == "x'; touch /tmp/ecomvlm_pwned"
+    assert json.loads((run1 / "config.json").read_text())["run"]["note"] == "x'; touch /tmp/ecomvlm_pwned"
     assert not Path("/tmp/ecomvlm_pwned").exists()
     s2 = json.loads((tmp_path / "runs" / "s2" / "summary.json").read_text())
     assert s2["init"].startswith(f"checkpoint {run1}")  # stage 2 ran after stage 1 and started from it

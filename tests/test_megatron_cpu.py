@@ -4,11 +4,11 @@ import pytest
 import torch
 
 from ecomvlm.recipes.models import megatron_cpu_shim
-from ecomvlm.recipes.models.decoder import DecoderConfig, build_gpt
+from ecomvlm.recipes.models.decoders.qwen3 import Qwen3Config
 from ecomvlm.recipes.models.parallel import ParallelConfig, ParallelConfigError, validate_parallel
 
-DEC = DecoderConfig(num_layers=2, hidden_size=64, ffn_hidden_size=128, num_attention_heads=4, num_query_groups=2,
-                    vocab_size=128, max_position_embeddings=64, qk_layernorm=True)
+DEC = Qwen3Config(num_layers=2, hidden_size=64, ffn_hidden_size=128, num_attention_heads=4, num_query_groups=2,
+                  vocab_size=128, max_position_embeddings=64)
 
 
 def _forward(model, tokens):
@@ -26,7 +26,7 @@ def test_shim_is_active_and_maps_cuda_factories_to_cpu(megatron_single):
 
 def test_tiny_gpt_forward_backward_and_a_step_lowers_the_loss(megatron_single):
     torch.manual_seed(0)
-    model = build_gpt(DEC, ParallelConfig())
+    model = DEC.build(ParallelConfig())
     tokens = torch.randint(0, 128, (2, 16), generator=torch.Generator().manual_seed(1))
     labels = torch.roll(tokens, -1, 1)
     pos = torch.arange(16).unsqueeze(0).expand(2, -1)
@@ -47,7 +47,7 @@ def test_tiny_gpt_forward_backward_and_a_step_lowers_the_loss(megatron_single):
 
 def test_causal_mask_on_cpu_future_tokens_do_not_change_the_past(megatron_single):
     torch.manual_seed(0)
-    model = build_gpt(DEC, ParallelConfig()).eval()
+    model = DEC.build(ParallelConfig()).eval()
     a = torch.randint(0, 128, (1, 12), generator=torch.Generator().manual_seed(2))
     b = a.clone()
     b[0, 8:] = (b[0, 8:] + 1) % 128

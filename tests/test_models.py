@@ -3,12 +3,12 @@
 import pytest
 import torch
 
-from ecomvlm.recipes.models.convert import (
-    decoder_config_from_hf, encoder_config_from_hf, gather_full_state, hf_decoder_to_mcore, hf_to_mcore_vlm,
-    mcore_decoder_to_hf, mcore_vlm_to_hf_llava, read_hf_state_dict, shard_into,
-)
+from ecomvlm.recipes.models.hf_io import hf_to_megatron, megatron_to_llava, read_hf_state_dict
+from ecomvlm.recipes.models.mapping import prefixed, to_hf, to_megatron
 from ecomvlm.recipes.models.parallel import ParallelConfig
-from ecomvlm.recipes.models.vlm import VLMConfig, build_vlm
+from ecomvlm.recipes.models.registry import VLMConfig, decoder_config_from_hf, encoder_config_from_hf
+from ecomvlm.recipes.models.sharding import gather_full_state, shard_into
+from ecomvlm.recipes.models.vlm import build_vlm
 
 TOL = 1e-4
 IMG = 5  # image token id used with the tiny HF configs
@@ -61,13 +61,14 @@ def test_decoder_import_matches_hf_and_round_trips_exactly(megatron_single, tiny
     assert dec.tie_word_embeddings == tied and dec.qk_layernorm == (family != "llama")
     cfg = VLMConfig(encoder=encoder_config_from_hf(tiny_hf_configs["siglip"]), decoder=dec, image_token_id=IMG)
     model = build_vlm(cfg, ParallelConfig()).eval()
-    untouched = shard_into(model, hf_to_mcore_vlm(cfg, hf.state_dict()))
+    untouched = shard_into(model, hf_to_megatron(cfg, hf.state_dict()))
     assert untouched and all(n.startswith(("vision_model.", "vision_projection.")) for n in untouched)
     ids = torch.randint(10, 512, (2, 40), generator=torch.Generator().manual_seed(3))  # > Gemma's window of 16
     with torch.no_grad():
         ours, ref = model(ids).float(), hf(ids).logits
     assert (ours - ref).abs().max().item() < TOL
-    back = mcore_decoder_to_hf(hf_decoder_to_mcore(hf.state_dict(), dec), dec)
+    rules = prefixed(dec.mapping(), body="model.")  # one declarative mapping, walked both ways
+    back = to_hf(rules, to_megatron(rules, hf.state_dict()))
     ref_sd = {k: v for k, v in hf.state_dict().items() if not (tied and k == "lm_head.weight")}
     assert set(back) == set(ref_sd)
     assert all(torch.equal(back[k], ref_sd[k]) for k in ref_sd)
@@ -83,7 +84,7 @@ def test_siglip_encoder_matches_hf_hidden_states(megatron_single, tiny_hf_config
     assert enc.layers_used == 2 + 1 + feature_layer and enc.tokens_per_image == 16
     cfg = VLMConfig(encoder=enc, decoder=decoder_config_from_hf(tiny_hf_configs["llama"]), image_token_id=IMG)
     model = build_vlm(cfg, ParallelConfig()).eval()
-    shard_into(model, hf_to_mcore_vlm(cfg, _hf_llava(tiny_hf_configs, "llama").state_dict(), hf.state_dict()))
+    shard_into(model, hf_to_megatron(cfg, _hf_llava(tiny_hf_configs, "llama").state_dict(), hf.state_dict()))
     pix = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(2))
     with torch.no_grad():
         ours = model.vision_model(pix)
@@ -99,7 +100,7 @@ def test_composed_vlm_matches_hf_llava_on_image_and_text(megatron_single, tiny_h
     cfg = VLMConfig(encoder=encoder_config_from_hf(hf.config), decoder=decoder_config_from_hf(hf.config),
                     image_token_id=IMG)
     model = build_vlm(cfg, ParallelConfig()).eval()
-    assert shard_into(model, hf_to_mcore_vlm(cfg, sd, sd, sd)) == []
+    assert shard_into(model, hf_to_megatron(cfg, sd, sd, sd)) == []
     ids, pix = _image_batch(cfg.encoder.tokens_per_image)
     with torch.no_grad():
         ours, ref = model(ids, pixel_values=pix).float(), hf(input_ids=ids, pixel_values=pix).logits
@@ -107,7 +108,7 @@ def test_composed_vlm_matches_hf_llava_on_image_and_text(megatron_single, tiny_h
     assert (ours - ref).abs().max().item() < TOL
     assert (ours - text_only).abs().max().item() > 1e-3  # the images really changed the output
     # HF -> megatron -> HF is exact (the unused SigLIP pooling head is not part of a LLaVA export)
-    back = mcore_vlm_to_hf_llava(gather_full_state(model), cfg)
+    back = megatron_to_llava(gather_full_state(model), cfg)
     for k, v in sd.items():
         if ".head." in k or "post_layernorm" in k:
             continue
@@ -167,7 +168,7 @@ def test_export_loads_in_transformers_matches_and_generates(megatron_single, tin
 def test_qwen25_vit_tower_imports_and_runs(megatron_single, tiny_hf_configs):
     from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import Qwen2_5_VisionTransformerPretrainedModel
 
-    from ecomvlm.recipes.models.hf_io import hf_vision_config
+    from ecomvlm.recipes.models.hf_io import check_exportable
 
     vcfg = tiny_hf_configs["qwen2_5_vit"]
     vcfg._attn_implementation = "sdpa"
@@ -176,8 +177,8 @@ def test_qwen25_vit_tower_imports_and_runs(megatron_single, tiny_hf_configs):
     enc = encoder_config_from_hf(vcfg)
     cfg = VLMConfig(encoder=enc, decoder=decoder_config_from_hf(tiny_hf_configs["llama"]), image_token_id=IMG)
     model = build_vlm(cfg, ParallelConfig()).eval()
-    shard_into(model, hf_to_mcore_vlm(cfg, _hf_llava(tiny_hf_configs, "llama").state_dict(),
-                                      {"visual." + k: v for k, v in hf.state_dict().items()}))
+    shard_into(model, hf_to_megatron(cfg, _hf_llava(tiny_hf_configs, "llama").state_dict(),
+                                     {"visual." + k: v for k, v in hf.state_dict().items()}))
     grid = torch.tensor([[1, 4, 4], [1, 4, 8]])  # two images of different native sizes (t, h, w patches)
     n_patches = int(grid.prod(-1).sum())
     pix = torch.randn(n_patches, 3 * 2 * 8 * 8, generator=torch.Generator().manual_seed(5))
@@ -189,8 +190,8 @@ def test_qwen25_vit_tower_imports_and_runs(megatron_single, tiny_hf_configs):
     assert ours.shape == ref.shape == (n_patches // 4, 64)  # 2x2 patch merger
     assert (ours - ref).abs().max().item() < TOL
     assert emb.shape == (n_patches // 4, 64)
-    with pytest.raises(NotImplementedError, match="Qwen2.5-ViT"):
-        hf_vision_config(enc)
+    with pytest.raises(NotImplementedError, match="Qwen2.5-VL vision tower"):
+        check_exportable(cfg)
 
 
 def test_import_errors_name_the_input(tmp_path, tiny_hf_configs):

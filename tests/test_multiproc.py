@@ -98,7 +98,7 @@ def test_checkpoint_saved_at_tp2_exports_to_hf_exactly(tmp_path, megatron_single
 
     from ecomvlm.cli import main
     from ecomvlm.recipes.checkpointing import read_meta, vlm_config_from_meta
-    from ecomvlm.recipes.models.convert import mcore_vlm_to_hf_llava
+    from ecomvlm.recipes.models.hf_io import megatron_to_llava
 
     run_torchrun(REPO / "tests" / "workers" / "save_checkpoint.py", 2, str(tmp_path))
     meta = read_meta(tmp_path / "ckpt")
@@ -106,7 +106,7 @@ def test_checkpoint_saved_at_tp2_exports_to_hf_exactly(tmp_path, megatron_single
     assert not (tmp_path / "ckpt.tmp").exists()
     assert main(["export", "--checkpoint", str(tmp_path / "ckpt"), "--out", str(tmp_path / "hf"), "--dtype",
                  "fp32"]) == 0
-    expected = mcore_vlm_to_hf_llava(load_file(str(tmp_path / "reference.safetensors")),
+    expected = megatron_to_llava(load_file(str(tmp_path / "reference.safetensors")),
                                      vlm_config_from_meta(meta))
     hf = LlavaForConditionalGeneration.from_pretrained(tmp_path / "hf")
     got = hf.state_dict()

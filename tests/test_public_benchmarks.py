@@ -109,8 +109,8 @@ def test_mmstar_matches_lmms_eval(lmms, tmp_path):
     cats = [("coarse perception", "image emotion"), ("coarse perception", "image style & quality"),
             ("math", "geometry"), ("math", "geometry")]
     preds = ["A", "The answer is (C).", "B. because", "I think D"]
-    rows = [{"index": i, "question": f"Q{i}? Options: A: x, B: y, C: z, D: w", "answer": a, "category": c, "l2_category": l2,
-             "image": _img()} for i, ((c, l2), a) in enumerate(zip(cats, ["A", "B", "B", "D"]))]
+    rows = [{"index": i, "question": f"Q{i}? Options: A: x, B: y, C: z, D: w", "answer": a, "category": c,
+             "l2_category": l2, "image": _img()} for i, ((c, l2), a) in enumerate(zip(cats, ["A", "B", "B", "D"]))]
     recs = load_public("mmstar", _save(tmp_path, "mmstar", rows, "val", fmt="parquet"))
     kw = {"pre_prompt": "", "post_prompt": "\nAnswer with the option's letter from the given choices directly"}
     assert [r["prompt"] for r in recs] == [lmms.mmstar.mmstar_doc_to_text(r, kw) for r in rows]
@@ -280,7 +280,7 @@ def test_mmbench_llm_matching_matches_lmms_eval_gpt_eval(lmms, tmp_path, scripte
     recs = load_public("mmbench", _save(tmp_path, "mmb", rows, "dev"))
     client_calls = []
 
-    from ecomvlm.eval.judge import OpenAIChatClient
+    from ecomvlm.eval.openai_client import OpenAIChatClient
 
     client = OpenAIChatClient(url, "gpt-matcher")
 

@@ -42,7 +42,7 @@ def test_ean13_check_digit_known_values():
 
 
 def test_items_have_valid_eans_and_train_eval_splits_differ(synth_data):
-    items = [json.loads(l) for l in (synth_data / "items.jsonl").read_text().splitlines()]
+    items = [json.loads(line) for line in (synth_data / "items.jsonl").read_text().splitlines()]
     assert Counter(i["split"] for i in items) == {"train": 24, "eval": 16}
     for it in items:
         assert ean13_check_digit(it["ean"][:12]) == it["ean"][12]
@@ -53,7 +53,7 @@ def test_items_have_valid_eans_and_train_eval_splits_differ(synth_data):
 
 def test_colour_ground_truth_is_the_dominant_pixel_colour(synth_data):
     """The label must be in the pixels: the most frequent non-background colour of a front view is the item's."""
-    items = [json.loads(l) for l in (synth_data / "items.jsonl").read_text().splitlines()]
+    items = [json.loads(line) for line in (synth_data / "items.jsonl").read_text().splitlines()]
     for it in items:
         img = Image.open(synth_data / it["images"][0]).convert("RGB")
         bg = img.getpixel((0, 0))
@@ -77,7 +77,8 @@ def test_llava_records_have_one_image_token_per_image(synth_data):
 
 
 def test_eval_sets_schema_and_answers(synth_data):
-    files = {p.stem: [json.loads(l) for l in p.read_text().splitlines()] for p in (synth_data / "eval").glob("*.jsonl")}
+    files = {p.stem: [json.loads(line) for line in p.read_text().splitlines()]
+             for p in (synth_data / "eval").glob("*.jsonl")}
     assert {"aspect_general", "dae", "item_intel"} <= set(files)
     for name, recs in files.items():
         for r in recs:

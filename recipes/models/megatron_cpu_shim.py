@@ -1,6 +1,6 @@
 """The ONE place where megatron-core is taught to run without a GPU (tests, the CPU demo).
 
-megatron-core assumes CUDA in a handful of sites (measured on 0.19.2, see shared/docs/STACK.md). On a machine
+megatron-core assumes CUDA in a handful of sites (listed for 0.19.2 below). On a machine
 without CUDA, :func:`apply` patches exactly these, and nothing else:
 
 1. RNG tracker (tensor_parallel/random.py): the "CUDA" RNG state that megatron forks for tensor-parallel
@@ -14,7 +14,7 @@ without CUDA, :func:`apply` patches exactly these, and nothing else:
    NOT patched here: the model builders pass ``WrappedTorchNorm`` whenever TE is absent (GPU or not).
 5. optimizer/clip_grads.py ``clip_grad_by_total_norm_fp32`` asserts ``torch.cuda.FloatTensor`` (its only CUDA
    assumption; the norm itself runs on CPU): replaced, in clip_grads and optimizer.py which imports it by name,
-   by the same scaling with a dtype check. The lean engine clips with its own code and never reaches it.
+   by the same scaling with a dtype check.
 
 6. DistributedDataParallel's grad sync (distributed/param_and_grad_buffer.py start_grad_sync) asks for
    ``torch.cuda.current_stream()`` to wait on CUDA-graph events: a stream object whose waits are no-ops.

@@ -59,7 +59,8 @@ def validate_parallel(
     if num_query_groups is not None and num_query_groups % tp:
         problems.append(f"num_query_groups (KV heads)={num_query_groups} is not divisible by TP={tp}")
     if num_layers is not None and num_layers % pp:
-        problems.append(f"num_layers={num_layers} is not divisible by PP={pp} (uneven pipeline stages are not supported)")
+        problems.append(f"num_layers={num_layers} is not divisible by PP={pp} (uneven pipeline stages are not "
+                        f"supported)")
     if vocab_size is not None and tp > 1 and vocab_size % tp:
         problems.append(f"vocab_size={vocab_size} must be padded to a multiple of TP={tp}")
     if seq_length is not None and cp > 1 and seq_length % (2 * cp):
@@ -100,7 +101,8 @@ def dist_env() -> dict[str, Any]:
     return {"rank": rank, "world_size": world, "local_rank": local}
 
 
-def init_distributed(parallel: ParallelConfig, seed: int = 1234, timeout_s: int = 600, **model_dims: Any) -> dict[str, Any]:
+def init_distributed(parallel: ParallelConfig, seed: int = 1234, timeout_s: int = 600,
+                     **model_dims: Any) -> dict[str, Any]:
     """Init torch.distributed + megatron parallel state + RNG tracker. Idempotent for the same layout."""
     import torch
     import torch.distributed as dist

@@ -13,94 +13,42 @@ special cases. The encoder and projector live on the first pipeline stage only.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+from megatron.core.transformer.module import MegatronModule
 
-from ecomvlm.recipes.models.decoder import DecoderConfig, build_gpt, te_available
-from ecomvlm.recipes.models.encoder import EncoderConfig, build_encoder
-from ecomvlm.recipes.models.parallel import ParallelConfig, validate_parallel
-
-PROJECTOR_TYPES = ("mlp2x_gelu",)
-
-
-@dataclass
-class ProjectorConfig:
-    type: str = "mlp2x_gelu"
-
-    def __post_init__(self) -> None:
-        if self.type not in PROJECTOR_TYPES:
-            raise ValueError(f"unknown projector type {self.type!r}; choose one of {PROJECTOR_TYPES}")
+from ecomvlm.recipes.models.decoders.gpt import te_available
+from ecomvlm.recipes.models.parallel import ParallelConfig, ParallelConfigError, validate_parallel
+from ecomvlm.recipes.models.precision import pad_image_tokens_to
+from ecomvlm.recipes.models.registry import VLMConfig
 
 
-@dataclass
-class VLMConfig:
-    encoder: EncoderConfig = field(default_factory=EncoderConfig)
-    decoder: DecoderConfig = field(default_factory=DecoderConfig)
-    projector: ProjectorConfig = field(default_factory=ProjectorConfig)
-    image_token_id: int = -1  # id of "<image>" in the decoder's tokenizer; set when the tokenizer is known
-    name: str = "vlm"
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "VLMConfig":
-        return cls(encoder=EncoderConfig(**d.get("encoder", {})), decoder=DecoderConfig(**d.get("decoder", {})),
-                   projector=ProjectorConfig(**d.get("projector", {})),
-                   image_token_id=int(d.get("image_token_id", -1)), name=d.get("name", "vlm"))
-
-
-def build_projector(cfg: VLMConfig, parallel: ParallelConfig, params_dtype=torch.float32):
-    """LLaVA's mlp2x_gelu: Linear(enc -> llm) + GELU(erf) + Linear(llm -> llm), both with bias, TP-sharded."""
-    import torch.nn.functional as F
-    from megatron.core.models.vision.multimodal_projector import MultimodalProjector
-    from megatron.core.tensor_parallel import ColumnParallelLinear, RowParallelLinear
-    from megatron.core.transformer.mlp import MLPSubmodules
-
-    from ecomvlm.recipes.models.decoder import transformer_config
-
-    config = transformer_config(
-        cfg.decoder, parallel, params_dtype=params_dtype, num_layers=1, ffn_hidden_size=cfg.decoder.hidden_size,
-        add_bias_linear=True, gated_linear_unit=False, activation_func=F.gelu, bias_activation_fusion=False,
-        normalization="LayerNorm", qk_layernorm=False, pipeline_model_parallel_size=1,
-    )
-    if te_available():
-        from megatron.core.extensions.transformer_engine import TEColumnParallelLinear, TERowParallelLinear
-
-        sub = MLPSubmodules(linear_fc1=TEColumnParallelLinear, linear_fc2=TERowParallelLinear)
-    else:
-        sub = MLPSubmodules(linear_fc1=ColumnParallelLinear, linear_fc2=RowParallelLinear)
-    return MultimodalProjector(config, sub, "mlp", input_size=cfg.encoder.output_size)
-
-
-def _megatron_module():
-    from megatron.core.transformer.module import MegatronModule
-
-    return MegatronModule
-
-
-class EcomVLM(_megatron_module()):
+class EcomVLM(MegatronModule):
     """One pipeline stage of the composed VLM. Stage 0 owns encoder + projector + embedding.
 
-    A MegatronModule, so ``sharded_state_dict()`` (megatron distributed checkpoints, any TP/PP on reload) comes
-    from the children: megatron modules shard themselves, the HF-wrapped Qwen2.5-ViT is saved as replicated.
+    A MegatronModule, so ``sharded_state_dict()`` (megatron distributed checkpoints, any
+    TP/PP on reload) comes from the children: megatron modules shard themselves, an HF-wrapped tower is saved as
+    replicated.
     """
 
     def __init__(self, cfg: VLMConfig, parallel: ParallelConfig, *, pre_process: bool = True,
                  post_process: bool = True, params_dtype=torch.float32,
                  config_overrides: dict[str, Any] | None = None) -> None:
         overrides = dict(config_overrides or {})
-        language_model = build_gpt(cfg.decoder, parallel, pre_process=pre_process, post_process=post_process,
-                                   params_dtype=params_dtype, scatter_embedding_sequence_parallel=False, **overrides)
+        language_model = cfg.decoder.build(parallel, pre_process=pre_process, post_process=post_process,
+                                           params_dtype=params_dtype, scatter_embedding_sequence_parallel=False,
+                                           **overrides)
         super().__init__(config=language_model.config)
         self.language_model = language_model
         self.cfg = cfg
         self.pre_process, self.post_process = pre_process, post_process
-        self.pad_image_tokens_to = 16 if overrides.get("fp8") else 1  # FP8 GEMMs need multiples of 16
+        self.pad_image_tokens_to = pad_image_tokens_to(overrides.get("fp8"))
         self.model_type = self.language_model.model_type  # read by megatron's schedules
         self.sequence_parallel = parallel.sequence_parallel
         if pre_process:
-            self.vision_model = build_encoder(cfg.encoder, parallel, params_dtype)
-            self.vision_projection = build_projector(cfg, parallel, params_dtype)
+            self.vision_model = cfg.encoder.build(parallel, params_dtype)
+            self.vision_projection = cfg.projector.build(cfg.decoder, cfg.encoder.output_size, parallel, params_dtype)
         else:
             self.vision_model = self.vision_projection = None
 
@@ -120,12 +68,7 @@ class EcomVLM(_megatron_module()):
 
     def encode_images(self, pixel_values: torch.Tensor, image_grid_thw: torch.Tensor | None = None) -> torch.Tensor:
         """Images -> projected embeddings, flattened to [n_image_tokens_total, llm_hidden]."""
-        if self.cfg.encoder.family == "qwen2_5_vit":
-            if image_grid_thw is None:
-                raise ValueError("qwen2_5_vit needs image_grid_thw with pixel_values")
-            feats = self.vision_model(pixel_values, image_grid_thw)  # [tokens, out_hidden]
-            return self.vision_projection(feats.unsqueeze(1)).squeeze(1)
-        feats = self.vision_model(pixel_values)  # [n_images, tokens, enc_hidden]
+        feats = self.cfg.encoder.features(self.vision_model, pixel_values, image_grid_thw)  # [groups, tokens, h]
         n_tok = feats.shape[1]
         pad = -n_tok % self.pad_image_tokens_to
         if pad:  # e.g. SigLIP's 729 tokens -> 736 under FP8; the padding is dropped after the projector
@@ -137,8 +80,9 @@ class EcomVLM(_megatron_module()):
               image_grid_thw: torch.Tensor | None = None) -> torch.Tensor:
         """Text embeddings with image embeddings scattered into the <image> positions -> [s, b, h]."""
         emb = self.language_model.embedding(input_ids=input_ids, position_ids=position_ids)  # [s, b, h]
-        if self.cfg.decoder.embedding_scale:  # Gemma: text embeddings x sqrt(hidden), images unscaled
-            emb = emb * torch.tensor(self.cfg.decoder.hidden_size ** 0.5, dtype=emb.dtype)
+        scale = self.cfg.decoder.embedding_multiplier()
+        if scale is not None:  # e.g. Gemma: text embeddings x sqrt(hidden), images unscaled
+            emb = emb * torch.tensor(scale, dtype=emb.dtype)
         is_image = input_ids == self.cfg.image_token_id
         n_slots = int(is_image.sum())
         if pixel_values is not None:
@@ -172,31 +116,25 @@ class EcomVLM(_megatron_module()):
 
 
 def build_vlm(cfg: VLMConfig, parallel: ParallelConfig, *, params_dtype=torch.float32, world_size: int | None = None,
-              pre_process: bool | None = None, post_process: bool | None = None, precision=None,
+              pre_process: bool | None = None, post_process: bool | None = None,
               config_overrides: dict[str, Any] | None = None) -> EcomVLM:
     """Build this rank's stage of the VLM. Validates the parallel layout against both towers first."""
     from megatron.core import parallel_state
 
     if world_size is None:
         world_size = torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
-    validate_parallel(parallel, world_size, num_attention_heads=cfg.decoder.num_attention_heads,
-                      num_query_groups=cfg.decoder.num_query_groups, num_layers=cfg.decoder.num_layers,
-                      vocab_size=cfg.decoder.vocab_size, te_available=te_available())
-    tp = parallel.tensor_model_parallel_size
-    if cfg.encoder.family == "siglip" and cfg.encoder.num_attention_heads % tp:
-        from ecomvlm.recipes.models.parallel import ParallelConfigError
-
-        raise ParallelConfigError(f"encoder num_attention_heads={cfg.encoder.num_attention_heads} is not divisible "
-                                  f"by TP={tp}")
+    dec = cfg.decoder
+    validate_parallel(parallel, world_size, num_attention_heads=dec.num_attention_heads,
+                      num_query_groups=dec.num_query_groups, num_layers=dec.num_layers, vocab_size=dec.vocab_size,
+                      te_available=te_available())
+    problems = cfg.encoder.check_parallel(parallel.tensor_model_parallel_size)
+    if problems:
+        raise ParallelConfigError("; ".join(problems))
     if cfg.image_token_id < 0:
         raise ValueError("VLMConfig.image_token_id is unset: set it to the tokenizer's id of '<image>'")
     if pre_process is None:
         pre_process = parallel_state.is_pipeline_first_stage()
     if post_process is None:
         post_process = parallel_state.is_pipeline_last_stage()
-    overrides = dict(config_overrides or {})
-    if precision is not None:  # a registry.PrecisionConfig: dtype + FP8 settings (validated there)
-        params_dtype = precision.dtype
-        overrides.update(precision.transformer_overrides())
     return EcomVLM(cfg, parallel, pre_process=pre_process, post_process=post_process, params_dtype=params_dtype,
-                   config_overrides=overrides)
+                   config_overrides=config_overrides)

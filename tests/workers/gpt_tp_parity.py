@@ -12,16 +12,16 @@ import torch
 def main(out_path: str) -> None:
     from megatron.core import parallel_state
 
-    from ecomvlm.recipes.models.decoder import DecoderConfig, build_gpt
+    from ecomvlm.recipes.models.decoders.llama import LlamaConfig
     from ecomvlm.recipes.models.parallel import ParallelConfig, destroy_distributed, init_distributed
 
     world = int(os.environ.get("WORLD_SIZE", "1"))
     parallel = ParallelConfig(tensor_model_parallel_size=world)
-    dec = DecoderConfig(num_layers=2, hidden_size=64, ffn_hidden_size=128, num_attention_heads=4,
+    dec = LlamaConfig(num_layers=2, hidden_size=64, ffn_hidden_size=128, num_attention_heads=4,
                         num_query_groups=2, vocab_size=128, max_position_embeddings=64)
     info = init_distributed(parallel, seed=1234, num_attention_heads=4, num_query_groups=2, vocab_size=128)
     torch.manual_seed(1234)  # same full (master) weights on every rank and at every TP size
-    model = build_gpt(dec, parallel)
+    model = dec.build(parallel)
     g = torch.Generator().manual_seed(7)
     tokens = torch.randint(0, 128, (2, 16), generator=g)
     labels = torch.roll(tokens, -1, dims=1)

@@ -15,17 +15,17 @@ def main(out_dir: str) -> None:
 
     from ecomvlm.data_modules.tiny_tokenizer import build_tiny_tokenizer
     from ecomvlm.recipes.checkpointing import finalize_checkpoint, save_checkpoint
-    from ecomvlm.recipes.models.convert import gather_full_state
+    from ecomvlm.recipes.config import model_config
     from ecomvlm.recipes.models.parallel import ParallelConfig, destroy_distributed, init_distributed
-    from ecomvlm.recipes.models.registry import compose, vlm_config_from_cfg
+    from ecomvlm.recipes.models.registry import resolve
+    from ecomvlm.recipes.models.sharding import gather_full_state
     from ecomvlm.recipes.models.vlm import build_vlm
 
     tp = int(os.environ.get("WORLD_SIZE", "1"))
     parallel = ParallelConfig(tensor_model_parallel_size=tp)
     info = init_distributed(parallel, seed=7)
     tok = build_tiny_tokenizer("llama3", vocab_size=300)
-    cfg = vlm_config_from_cfg(compose("vlm", ["model=tiny_siglip_llama"]).model, tp=tp,
-                              image_token_id=tok.convert_tokens_to_ids("<image>"))
+    cfg = resolve(model_config(["model=tiny_siglip_llama"]), tp=tp, image_token_id=tok.convert_tokens_to_ids("<image>"))
     cfg.decoder.vocab_size = -(-len(tok) // 64) * 64
     cfg.decoder.hf_vocab_size = len(tok)
     torch.manual_seed(7)

@@ -16,9 +16,9 @@ def main(hf_dir: str, tp: int, pp: int, out_dir: str) -> None:
     from megatron.core.pipeline_parallel import get_forward_backward_func
     from safetensors.torch import load_file, save_file
 
-    from ecomvlm.recipes.models.convert import gather_full_state, hf_to_mcore_vlm, read_hf_state_dict
-    from ecomvlm.recipes.models.hf_io import load_hf_into, vlm_config_from_hf
+    from ecomvlm.recipes.models.hf_io import hf_to_megatron, load_hf_into, read_hf_state_dict, vlm_config_from_hf
     from ecomvlm.recipes.models.parallel import ParallelConfig, destroy_distributed, init_distributed
+    from ecomvlm.recipes.models.sharding import gather_full_state
 
     batch = load_file(str(Path(hf_dir) / "batch.safetensors"))
     image_token_id = int(batch["image_token_id"].item())
@@ -49,7 +49,7 @@ def main(hf_dir: str, tp: int, pp: int, out_dir: str) -> None:
         logits = model(ids, pixel_values=pix, runtime_gather_output=True) if pp == 1 else None
 
     full = gather_full_state(model)
-    ref = hf_to_mcore_vlm(cfg, *(read_hf_state_dict(hf_dir),) * 3)
+    ref = hf_to_megatron(cfg, *(read_hf_state_dict(hf_dir),) * 3)
     diff = max((full[k] - ref[k]).abs().max().item() for k in ref)
     assert set(full) == set(ref), (set(full) ^ set(ref))
     result = {"tp": tp, "pp": pp, "roundtrip_max_diff": diff}

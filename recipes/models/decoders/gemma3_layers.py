@@ -1,4 +1,5 @@
-"""Gemma3 text decoder as megatron-core layers (megatron-core 0.19 has no Gemma3 spec).
+"""Gemma3's decoder layers from megatron-core parts (megatron-core 0.19 has no Gemma3 spec). Kept apart from
+the family module (gemma3.py) so configs import without megatron-core.
 
 What differs from a Llama layer, and where it is handled:
 - RMSNorm scales by (1 + w), computed in fp32 -> :class:`Gemma3RMSNorm` for every norm (incl. QK-norm, final).
@@ -9,14 +10,15 @@ What differs from a Llama layer, and where it is handled:
   global ones -> megatron's window_size/window_attn_skip_freq picks the layers; :class:`Gemma3SelfAttention`
   swaps in the local RoPE there and builds the window mask itself, OR-ed with any given mask (megatron's softmax
   would *replace* a packing mask by the window mask, letting packed samples see each other).
-- GeGLU with tanh-GELU, attention scale query_pre_attn_scalar^-0.5, embeddings x sqrt(hidden) (done in
-  EcomVLM.embed, before image embeddings are scattered in, as HF Gemma3 does).
-Local (non-TE) spec; a TE spec for Gemma3 is not provided yet.
+- GeGLU with tanh-GELU, attention scale query_pre_attn_scalar^-0.5 and embeddings x sqrt(hidden) are config
+  settings (Gemma3Config); EcomVLM.embed scales the text embeddings before image embeddings are scattered in.
+Local (non-TE) layers only, on GPUs too.
 """
 
 from __future__ import annotations
 
 import torch
+from megatron.core.fusions.fused_bias_dropout import get_bias_dropout_add
 from megatron.core.models.common.embeddings.rotary_pos_embedding import RotaryEmbedding
 from megatron.core.tensor_parallel import ColumnParallelLinear, RowParallelLinear
 from megatron.core.transformer.attention import SelfAttention, SelfAttentionSubmodules
@@ -27,7 +29,6 @@ from megatron.core.transformer.spec_utils import ModuleSpec
 from megatron.core.transformer.transformer_block import TransformerBlockSubmodules, get_num_layers_to_build
 from megatron.core.transformer.transformer_layer import TransformerLayer, TransformerLayerSubmodules
 from megatron.core.transformer.utils import get_sliding_window_causal_mask, is_layer_window_attention
-from megatron.core.fusions.fused_bias_dropout import get_bias_dropout_add
 
 
 class Gemma3RMSNorm(torch.nn.Module):

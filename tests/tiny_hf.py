@@ -1,8 +1,9 @@
 """Tiny HF configs of every family the paper uses, with the *architectural features* of the real ones
-(GQA, RMSNorm, SwiGLU, RoPE; Qwen3/Gemma3 QK-norm; Gemma3 sliding window + scaled embeddings; SigLIP
-ViT, which is also the architecture of the fixed-resolution SigLIP2 checkpoints; Qwen2.5-ViT window attention + 2D RoPE + patch merger) but toy dimensions.
+(GQA, RMSNorm, SwiGLU, RoPE; Qwen3/Gemma3 QK-norm; Gemma3 sliding window + scaled embeddings; SigLIP ViT, which is
+also the architecture of the fixed-resolution SigLIP2 checkpoints; Qwen2.5-ViT window attention + 2D RoPE + patch
+merger) but toy dimensions.
 
-Random weights built from these stand in for real checkpoints in tests (nothing can be downloaded here).
+Random weights built from these stand in for real checkpoints in tests (nothing is downloaded).
 Dimensions are chosen so TP=2 divides heads, KV groups and vocab.
 """
 

@@ -1,0 +1,35 @@
+"""The data settings of a training run (the ``data:`` group of recipes/config.py's schema)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from omegaconf import MISSING
+
+TRUNCATION = ("skip", "truncate")
+
+
+@dataclass
+class DataConfig:
+    shards: str = MISSING  # folder of shard-*.tar made by `ecomvlm data shards` (or a glob)
+    micro_batch_size: int = 1
+    global_batch_size: int = 8  # = micro_batch_size x micro-batches x data-parallel size
+    max_seq_length: int = 4096  # tokens per row (image tokens included)
+    pack: bool = True  # several samples per row (first-fit), each with its own positions and attention span
+    pack_window: int = 64  # samples first-fit considers together
+    shuffle_buffer: int = 512
+    num_workers: int = 2  # loader worker processes per rank
+    truncation: str = "skip"  # too-long samples: skip (counted) | truncate (text only, never inside images)
+    max_images: int = 12  # per sample; extra images are dropped with their placeholders (counted)
+    max_image_tokens: int | None = None  # per sample; native-resolution encoders downscale to fit, others drop images
+
+    def __post_init__(self) -> None:
+        if self.truncation not in TRUNCATION:
+            raise ValueError(f"data.truncation={self.truncation!r}: choose one of {TRUNCATION}")
+        if self.max_images < 0:
+            raise ValueError(f"data.max_images={self.max_images} must be >= 0")
+        for name in ("micro_batch_size", "global_batch_size", "max_seq_length", "pack_window", "shuffle_buffer"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"data.{name}={getattr(self, name)} must be >= 1")
+        if self.num_workers < 0:
+            raise ValueError(f"data.num_workers={self.num_workers} must be >= 0")

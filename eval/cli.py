@@ -1,0 +1,133 @@
+"""`ecomvlm eval`: HF-format checkpoints x benchmarks -> per-benchmark JSON, the paper's tables, a plot."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from functools import partial
+from pathlib import Path
+
+
+def _ask(client, prompt: str) -> str:
+    """One user turn to an OpenAI-compatible endpoint (MMBench's answer matcher)."""
+    return client.chat([{"role": "user", "content": prompt}], max_tokens=256, temperature=0.0)
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from ecomvlm.eval.report import plot, tables_csv, tables_markdown
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    console = Console(stderr=True)
+    results: dict = {}
+    for prev in args.merge or []:  # earlier results.json files: their models join the tables
+        p = Path(prev)
+        if not p.is_file():
+            raise FileNotFoundError(f"--merge {p}: no such results.json")
+        results.update(json.loads(p.read_text()))
+    if args.model:
+        from ecomvlm.eval.backends import make_backend
+        from ecomvlm.eval.runner import evaluate, expand_benchmarks
+
+        benches = expand_benchmarks(args.benchmarks)
+        public_paths = {}
+        for spec in args.public_data or []:
+            name, sep, path = spec.partition("=")
+            if not sep:
+                raise ValueError(f"--public-data {spec!r}: write NAME=PATH (e.g. mmbench=/data/MMBench)")
+            public_paths[name] = path
+        judge = None
+        if "item_intel" in benches and args.judge == "llm":
+            from ecomvlm.eval.judge import JudgePrompt, LLMJudge
+            from ecomvlm.eval.openai_client import OpenAIChatClient
+
+            if not (args.judge_url and args.judge_model):
+                raise ValueError("--judge llm needs --judge-url and --judge-model (an OpenAI-compatible endpoint)")
+            judge = LLMJudge(OpenAIChatClient(args.judge_url, args.judge_model, api_key_env=args.judge_api_key_env),
+                             JudgePrompt.load(args.judge_prompt), max_attempts=args.judge_attempts,
+                             constrained=not args.judge_unconstrained)
+        matcher = None
+        if "mmbench" in benches and args.mmbench_matcher != "static":
+            if args.judge_url and args.judge_model:
+                from ecomvlm.eval.openai_client import OpenAIChatClient
+
+                client = OpenAIChatClient(args.judge_url, args.judge_model, api_key_env=args.judge_api_key_env)
+                matcher = partial(_ask, client)
+            elif args.mmbench_matcher == "judge":
+                raise ValueError("--mmbench-matcher judge needs --judge-url and --judge-model")
+        for spec in args.model:
+            label, sep, model = spec.partition("=")
+            if not sep:
+                label, model = Path(spec).name, spec
+            if args.backend != "openai" and not Path(model).exists():
+                raise FileNotFoundError(f"--model {model}: no such directory (an HF checkpoint, e.g. from "
+                                        f"`ecomvlm export`)")
+            console.print(f"[bold]{label}[/bold] ({args.backend})")
+            backend = make_backend(args.backend, model, batch_size=args.batch_size, server_url=args.server_url,
+                                   served_model=args.served_model)
+
+            def show(b, m):
+                head = next((k for k in ("accuracy", "average", "f1", "perception") if k in m), None)
+                extra = f", unparsed {m['unparsed']}" if m.get("unparsed") else ""
+                console.print(f"  {b}: {head} {m[head]:.1f} ({m['n']} examples, {m['sec_per_example']:.3f} "
+                              f"s/example{extra})")
+
+            results[label] = evaluate(backend, label, benches, out, data_dir=args.data, public_paths=public_paths,
+                                      limit=args.limit, max_new_tokens=args.max_new_tokens, judge=judge,
+                                      item_intel_max_new_tokens=args.item_intel_max_new_tokens,
+                                      json_retries=args.json_retries, matcher=matcher, progress=show)
+    if not results:
+        raise ValueError("nothing to report: pass --model (and/or --merge results.json)")
+    md = tables_markdown(results)
+    (out / "table.md").write_text(md)
+    (out / "table.csv").write_text(tables_csv(results))
+    (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    if not args.no_plot:
+        png = plot(results, out / "results.png")
+        console.print(f"plot: {png}")
+    print(md, end="")
+    return 0
+
+
+def register(sub) -> None:
+    ev = sub.add_parser("eval", help="evaluate HF-format checkpoints: e-commerce, item intelligence, public sets",
+                        description="Tables 1-3 of the paper for one or more models. Benchmarks: "
+                                    "aspect_general, aspect_fashion, aspect_fashion_tc, fashion_apparel, "
+                                    "fashion_sneakers_handbags, dae (group 'ecommerce'), item_intel, and the public "
+                                    "mmbench, mme, mmstar, cv_bench, textvqa, ai2d, mmmu, ecommmmu (group 'public').")
+    ev.add_argument("--model", action="append", help="[LABEL=]HF model dir (or served model name with --backend "
+                                                      "openai); repeat to compare models side by side")
+    ev.add_argument("--backend", choices=["hf", "vllm", "openai"], default="hf",
+                    help="hf: transformers (CPU ok); vllm: offline engine; openai: a running server (--server-url)")
+    ev.add_argument("--server-url", help="OpenAI-compatible base URL for --backend openai, e.g. http://host:8000/v1")
+    ev.add_argument("--served-model", help="model name the server knows (default: the --model value)")
+    ev.add_argument("--data", help="folder with eval/<benchmark>.jsonl and images (e-commerce + item_intel)")
+    ev.add_argument("--benchmarks", default="ecommerce", help="comma list of names and/or groups (ecommerce, "
+                                                              "public, all); default ecommerce")
+    ev.add_argument("--public-data", action="append", metavar="NAME=PATH",
+                    help="local copy of a public benchmark (save_to_disk folder, parquet folder, or HF cache id)")
+    ev.add_argument("--out", default="eval_out", help="results folder (per-benchmark JSON, table.md/.csv, plot)")
+    ev.add_argument("--merge", action="append", metavar="RESULTS_JSON",
+                    help="add the models of an earlier results.json to the tables (alone: rebuild the report)")
+    ev.add_argument("--limit", type=int, default=None, help="first N records of each benchmark")
+    ev.add_argument("--batch-size", type=int, default=8, help="batch (hf) or concurrent requests (openai)")
+    ev.add_argument("--max-new-tokens", type=int, default=64)
+    ev.add_argument("--item-intel-max-new-tokens", type=int, default=512, help="item_intel answers are long JSON")
+    ev.add_argument("--judge", choices=["rules", "llm"], default="rules",
+                    help="item_intel judge: exact normalised match, or an LLM over an OpenAI-compatible endpoint")
+    ev.add_argument("--judge-url", help="judge endpoint base URL (e.g. http://localhost:8001/v1)")
+    ev.add_argument("--judge-model", help="judge model name on that endpoint")
+    ev.add_argument("--judge-prompt", default="item_intel_v1", help="prompt version in eval/judge_prompts or a path")
+    ev.add_argument("--judge-api-key-env", default="OPENAI_API_KEY", help="env var holding the judge API key")
+    ev.add_argument("--judge-attempts", type=int, default=3, help="tries per item before it counts as judge_failed")
+    ev.add_argument("--judge-unconstrained", action="store_true",
+                    help="do not send a JSON schema (for endpoints without structured output)")
+    ev.add_argument("--mmbench-matcher", choices=["auto", "judge", "static"], default="auto",
+                    help="MMBench answers the rules cannot map: the judge endpoint's LLM (lmms-eval mmbench_en_dev) "
+                         "or the static extractor (mmbench_en_dev_static); auto: the LLM when --judge-url is given")
+    ev.add_argument("--json-retries", type=int, default=2,
+                    help="re-generate item_intel answers that are not JSON up to N times (sampled)")
+    ev.add_argument("--no-plot", action="store_true")
+    ev.set_defaults(func=_eval)

@@ -1,0 +1,1 @@
+"""Decoder families (one module each) and what they share (gpt.py)."""

@@ -1,0 +1,1 @@
+"""Vision-encoder families (one module each) and what they share (base.py)."""
