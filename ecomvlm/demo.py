@@ -15,6 +15,7 @@ higher learning rate than the paper's; everything else is the code path of a rea
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from pathlib import Path
 
@@ -53,6 +54,7 @@ def run_demo(workdir: Path, quick: bool = False) -> int:
     t0 = time.time()
     workdir = workdir.resolve()
     workdir.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(workdir / "runs", ignore_errors=True)  # a demo is a fresh run (a finished run dir is not re-run)
     n_items, n_eval = (80, 20) if quick else (800, 100)
 
     console.rule("[bold]1. synthetic e-commerce data")

@@ -27,6 +27,20 @@ from ecomvlm.recipes.config import TrainConfig, as_dict, to_config
 log = logging.getLogger("ecomvlm.train")
 
 
+# settings a resumed run may change (how long, how often it logs/saves, what it exports, notes); everything else
+# defines the run and must match its config.json
+RESUME_FREE = ("trainer.max_steps", "trainer.log_every", "trainer.save_every", "export", "run.note", "init")
+
+
+def _differences(saved: Any, now: Any, free: tuple[str, ...], prefix: str = "") -> list[tuple[str, Any, Any]]:
+    if prefix.rstrip(".") in free:
+        return []
+    if isinstance(saved, dict) and isinstance(now, dict):
+        return [d for k in sorted(set(saved) | set(now))
+                for d in _differences(saved.get(k), now.get(k), free, f"{prefix}{k}.")]
+    return [] if saved == now else [(prefix.rstrip("."), saved, now)]
+
+
 class VLMTrainingRecipe:
     def __init__(self, cfg: TrainConfig, callbacks: list | None = None) -> None:
         self.cfg = to_config(cfg)
@@ -78,6 +92,7 @@ class VLMTrainingRecipe:
         self.latest = ckpt.latest_checkpoint(self.run_dir / "checkpoints")
         self.start_step, self.resume_meta = 0, None
         if self.latest is not None:
+            self.check_resumable(int(ckpt.read_meta(self.latest)["step"]))
             self.resume_meta = ckpt.load_checkpoint(self.model, self.latest)
             self.start_step = int(self.resume_meta["step"])
             self.source = f"resumed {self.latest}"
@@ -97,6 +112,22 @@ class VLMTrainingRecipe:
         if self.rank0:
             log.info("model %s: %s; trainable %d, frozen %d params (this rank)", self.vlm_cfg.name, self.source,
                      counts["trainable"], counts["frozen"])
+
+    def check_resumable(self, step: int) -> None:
+        """A run directory is resumed only to go on with the run it holds: steps left, the same settings."""
+        c = self.cfg
+        if step >= c.trainer.max_steps:
+            raise ValueError(f"run {self.run_dir} already finished (step {step} of trainer.max_steps="
+                             f"{c.trainer.max_steps}): raise trainer.max_steps to train on, or choose another "
+                             f"run.dir (init.from_checkpoint={self.run_dir} starts a new stage from it)")
+        saved_path = self.run_dir / "config.json"
+        if not saved_path.is_file():
+            return
+        saved, now = json.loads(saved_path.read_text()), as_dict(c)
+        diffs = [f"{key}: {a!r} (saved) -> {b!r} (now)" for key, a, b in _differences(saved, now, RESUME_FREE)]
+        if diffs:
+            raise ValueError(f"run {self.run_dir} was started with other settings ({'; '.join(diffs[:6])}): resume "
+                             f"with the saved ones, or start a new run.dir with init.from_checkpoint={self.run_dir}")
 
     def setup_data(self) -> None:
         from ecomvlm.data_modules.loader import VLMDataModule
@@ -175,10 +206,6 @@ class VLMTrainingRecipe:
         c, t = self.cfg, self.cfg.trainer
         self.checkpointer = CheckpointCallback(self.save, lambda: self.module.step, every=t.save_every,
                                                max_steps=t.max_steps)
-        if self.start_step >= t.max_steps:
-            self.checkpointer.restore_signals()
-            log.info("run already finished (step %d of %d)", self.start_step, t.max_steps)
-            return self.summary()
         if self.rank0:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             (self.run_dir / "config.json").write_text(json.dumps(as_dict(c), indent=2, default=str) + "\n")

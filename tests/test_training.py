@@ -132,6 +132,21 @@ def test_sliding_window_decoder_trains_with_packing(megatron_single, tiny_train_
     assert len(s["losses"]) == 3 and s["losses"][-1] < s["losses"][0]
 
 
+def test_a_run_dir_resumes_only_the_run_it_holds(megatron_single, tiny_train_inputs, tmp_path):
+    """A finished run is not re-run, a run with other settings is not resumed; more steps continue it."""
+    from ecomvlm.recipes.config import load
+    from ecomvlm.recipes.vlm_train import run
+
+    w, d = tiny_train_inputs, tmp_path / "r"
+    first = run(load("train", _overrides(w, d, "trainer.max_steps=2", "trainer.save_every=1")))
+    with pytest.raises(ValueError, match=r"already finished \(step 2 of trainer.max_steps=2\)"):
+        run(load("train", _overrides(w, d, "trainer.max_steps=2", "trainer.save_every=1")))
+    with pytest.raises(ValueError, match=r"optim.lr: 0.001 \(saved\) -> 0.002 \(now\)"):
+        run(load("train", _overrides(w, d, "trainer.max_steps=4", "optim.lr=2e-3")))
+    more = run(load("train", _overrides(w, d, "trainer.max_steps=3", "trainer.save_every=1", "run.note=longer")))
+    assert more["start_step"] == 2 and len(more["losses"]) == 1 and len(first["losses"]) == 2
+
+
 def test_distributed_optimizer_needs_data_parallel_ranks_to_shard_over(megatron_single, tiny_train_inputs, tmp_path):
     """ZeRO-1 on one rank is legal (nothing to shard); it trains the same steps as the plain optimizer."""
     from ecomvlm.recipes.config import load
