@@ -49,7 +49,7 @@ def collate_rows(rows: list[PackedRow], pad_id: int, multiple_of: int = 1) -> di
     loss_mask = torch.zeros((B, L), dtype=torch.float)
     position_ids = torch.zeros((B, L), dtype=torch.long)
     cu_seqlens: list[list[int]] = []
-    pixels, grids = [], []
+    pixels, grids, sizes, tiles = [], [], [], []
     n_real = 0
     for b, row in enumerate(rows):
         off = 0
@@ -67,6 +67,9 @@ def collate_rows(rows: list[PackedRow], pad_id: int, multiple_of: int = 1) -> di
                 pixels.append(s.pixel_values)
                 if s.image_grid_thw is not None:
                     grids.append(s.image_grid_thw)
+                if s.image_tiles is not None:
+                    sizes.append(s.image_sizes)
+                    tiles.append(s.image_tiles)
         if off < L:  # the padding tail is its own (masked-out) segment
             position_ids[b, off:] = torch.arange(L - off)
             bounds.append(L)
@@ -76,6 +79,8 @@ def collate_rows(rows: list[PackedRow], pad_id: int, multiple_of: int = 1) -> di
         "input_ids": input_ids, "labels": labels, "loss_mask": loss_mask, "position_ids": position_ids,
         "pixel_values": torch.cat(pixels) if pixels else None,
         "image_grid_thw": torch.cat(grids) if grids else None,
+        "image_sizes": torch.cat(sizes) if sizes else None,  # anyres: per image (height, width) and views
+        "image_tiles": torch.cat(tiles) if tiles else None,
         "cu_seqlens": cu_seqlens,
         "n_samples": sum(len(r.samples) for r in rows),
         "n_tokens": n_real,

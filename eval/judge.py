@@ -148,7 +148,7 @@ def validate_verdict(text: str, n_pred: int, n_ref: int) -> ItemVerdict:
         raise ValueError('"predicted" must be a list of {"id", "verdict"} objects')
     verdicts: dict[int, str] = {}
     for e in preds:
-        if not isinstance(e, dict) or not isinstance(e.get("id"), int) or e.get("verdict") not in VERDICTS:
+        if not isinstance(e, dict) or not _is_id(e.get("id")) or e.get("verdict") not in VERDICTS:
             raise ValueError(f"bad entry {json.dumps(e)[:80]}: need an integer id and a verdict in {list(VERDICTS)}")
         if not 1 <= e["id"] <= n_pred:
             raise ValueError(f"id {e['id']} is outside 1..{n_pred}")
@@ -159,9 +159,37 @@ def validate_verdict(text: str, n_pred: int, n_ref: int) -> ItemVerdict:
     if missing:
         raise ValueError(f"no verdict for predicted facts {missing}")
     found = obj.get("reference_found", [])
-    if not isinstance(found, list) or not all(isinstance(i, int) and 1 <= i <= n_ref for i in found):
+    if not isinstance(found, list) or not all(_is_id(i) and 1 <= i <= n_ref for i in found):
         raise ValueError(f'"reference_found" must list reference fact ids in 1..{n_ref}')
+    if len(set(found)) != len(found):
+        raise ValueError(f'"reference_found" lists a reference fact twice ({sorted(found)})')
+    n_correct = sum(v == "correct" for v in verdicts.values())
+    if len(found) > n_correct:
+        # a reference fact is found only when a predicted fact states it correctly
+        raise ValueError(f'"reference_found" lists {len(found)} reference facts but only {n_correct} predicted facts '
+                         f'are judged correct; list only reference facts that a correct predicted fact states')
     return ItemVerdict([verdicts[i] for i in range(1, n_pred + 1)], set(found), raw=text)
+
+
+def _is_id(v: Any) -> bool:
+    """An integer id; JSON true/false are not ids (bool is an int subclass in Python)."""
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def parse_reference(record: dict[str, Any]) -> dict[str, Any]:
+    """The reference JSON object of an item_intel record; a malformed one is an error naming the record."""
+    ref = record.get("answer")
+    if isinstance(ref, dict):
+        return ref
+    try:
+        obj = json.loads(ref) if isinstance(ref, str) else None
+    except json.JSONDecodeError as e:
+        raise ValueError(f"item_intel record {record.get('id')!r}: the reference answer is not valid JSON ({e.msg} "
+                         f"at character {e.pos}); fix the record (docs/DATA_FORMAT.md)") from None
+    if not isinstance(obj, dict):
+        raise ValueError(f"item_intel record {record.get('id')!r}: the reference answer must be a JSON object in the "
+                         f"item-intelligence schema, not {type(ref).__name__}; fix the record (docs/DATA_FORMAT.md)")
+    return obj
 
 
 @dataclass
@@ -224,7 +252,7 @@ def score_item_intel(records: list[dict[str, Any]], predictions: list[str], judg
     per_item, counts = [], {v: 0 for v in VERDICTS}
     model_unparsed = judge_failed = 0
     for i, (rec, pred) in enumerate(zip(records, predictions)):
-        ref_json = rec["answer"] if isinstance(rec["answer"], dict) else json.loads(rec["answer"])
+        ref_json = parse_reference(rec)
         reference = flatten_facts(ref_json)
         obj = parse_model_json(pred)
         item: dict[str, Any] = {"id": rec.get("id", i)}

@@ -1,7 +1,11 @@
 """Paper-style reports: Tables 1-4 (+ the eComMMMU per-task Table 5) with models side by side, CSV, a plot.
 
 `results` everywhere is {model label: {benchmark: metrics}} as `ecomvlm eval` writes to results.json, so tables
-of several runs can be rebuilt later (`ecomvlm eval --report-only results.json ...`).
+of several runs can be rebuilt later (`ecomvlm eval --merge results.json ...`).
+
+Table 4 follows the paper's measurement: per-example latency (warm: model load and one warm-up batch excluded;
+JSON re-generations included) and throughput (examples/s at the configured batch or concurrency), each with the
+backend and hardware it was measured on.
 """
 
 from __future__ import annotations
@@ -27,6 +31,11 @@ TABLES: dict[str, tuple[str, list[tuple[str, str, str]]]] = {
         ("unverifiable (lower is better)", "item_intel", "unverifiable")]),
 }
 ECOMMMMU_COLS = ["AP", "BQA", "CP", "SR", "MPC", "PSI", "SA", "PRP"]
+# full scale of each bounded metric (a panel of zeros still shows its 0-100 axis); the rest scale to their data
+BOUNDS = {("mme", "perception"): 2000.0, ("mme", "cognition"): 800.0}
+UNBOUNDED = {"sec_per_example", "examples_per_s"}
+TIMING_PANELS = [("Table 4: sec/example (item_intel)", "item_intel", "sec_per_example"),
+                 ("Table 4: examples/s (item_intel)", "item_intel", "examples_per_s")]
 
 
 def _cell(res: dict[str, Any], bench: str, metric: str) -> str:
@@ -55,23 +64,31 @@ def tables_markdown(results: dict[str, dict[str, Any]]) -> str:
             out.append(f"| {model} | {cells} | {_sec(res, benches)} |")
         out.append("")
     if any("item_intel" in r for r in results.values()):
-        out.append("**Table 4: item-intelligence inference efficiency**\n")
-        out.append("| model | sec/example (lower is better) | f1-score |")
-        out.append("|---|---|---|")
+        out.append("**Table 4: item-intelligence inference efficiency** (warm per-example latency incl. JSON "
+                   "re-generation; throughput at the configured batch/concurrency)\n")
+        out.append("| model | backend | hardware | sec/example (lower is better) | examples/s (batch) | f1-score |")
+        out.append("|---|---|---|---|---|---|")
         for model, res in results.items():
             m = res.get("item_intel")
             if m:
-                out.append(f"| {model} | {m['sec_per_example']:.3f} | {m['f1']:.1f} |")
+                t = m.get("timing", {})
+                eps = m.get("examples_per_s")
+                thr = "-" if eps is None else f"{eps:.3g}" + (f" ({t['batch']})" if t.get("batch") else "")
+                warm = "" if t.get("warm", True) else " (cold)"
+                out.append(f"| {model} | {t.get('backend', '-')} | {t.get('hardware', '-')} | "
+                           f"{m['sec_per_example']:.3g}{warm} | {thr} | {m['f1']:.1f} |")
         out.append("")
     if any("ecommmmu" in r for r in results.values()):
         out.append("**eComMMMU per task (Table 5; SR = Recall@1, Avg. weighted by samples)**\n")
-        out.append("| model | " + " | ".join(ECOMMMMU_COLS) + " | Avg. |")
-        out.append("|" + "---|" * (len(ECOMMMMU_COLS) + 2))
+        out.append("| model | setting | " + " | ".join(ECOMMMMU_COLS) + " | Avg. |")
+        out.append("|" + "---|" * (len(ECOMMMMU_COLS) + 3))
         for model, res in results.items():
             m = res.get("ecommmmu")
             if m:
                 cells = [f"{m['per_task'][c]:.1f}" if c in m["per_task"] else "-" for c in ECOMMMMU_COLS]
-                out.append(f"| {model} | " + " | ".join(cells) + f" | {m['average']:.1f} |")
+                st = m.get("data", {}).get("setting")
+                setting = f"{st['subset']}, images={st['images']}, <= {st['max_images']}" if st else "-"
+                out.append(f"| {model} | {setting} | " + " | ".join(cells) + f" | {m['average']:.1f} |")
         out.append("")
     return "\n".join(out)
 
@@ -80,6 +97,8 @@ def tables_csv(results: dict[str, dict[str, Any]]) -> str:
     """One row per model, one column per (table, column) present; empty where a benchmark was not run."""
     cols = [(t, c, b, m) for t, (_, spec) in TABLES.items() for c, b, m in spec
             if any(b in r for r in results.values())]
+    cols += [("table4", c.split(": ", 1)[1], b, m) for c, b, m in TIMING_PANELS
+             if any(r.get(b, {}).get(m) is not None for r in results.values())]
     rows = ["model," + ",".join(f'"{t}: {c}"' for t, c, _, _ in cols)]
     for model, res in results.items():
         vals = [res.get(b, {}).get(m) for _, _, b, m in cols]
@@ -87,14 +106,36 @@ def tables_csv(results: dict[str, dict[str, Any]]) -> str:
     return "\n".join(rows) + "\n"
 
 
+def panel_axis(bench: str, metric: str, values: list[float | None]) -> tuple[float, float, bool]:
+    """(ymin, ymax, log scale) of one panel: bounded metrics on their full scale (0-100, MME 0-2000 / 0-800) so
+    an all-zero panel is readable; unbounded ones (timings) on their data, log-scaled when they span more than
+    two orders of magnitude."""
+    if metric not in UNBOUNDED:
+        return 0.0, BOUNDS.get((bench, metric), 100.0) * 1.15, False
+    pos = [v for v in values if v is not None and v > 0]
+    if not pos:
+        return 0.0, 1.0, False
+    if max(pos) / min(pos) > 100:
+        return min(pos) / 2, max(pos) * 4, True
+    return 0.0, max(pos) * 1.18, False
+
+
+def _label(metric: str, v: float | None) -> str:
+    if v is None:
+        return "-"
+    return f"{v:.3g}" if metric in UNBOUNDED else f"{v:.1f}"
+
+
 def plot(results: dict[str, dict[str, Any]], path: str | Path) -> Path | None:
-    """One small bar chart per reported column (each on its own scale: MME is 0-2000, the rest 0-100)."""
+    """One small bar chart per reported column, each on its own axis (`panel_axis`)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     cols = [(c, b, m) for _, spec in TABLES.values() for c, b, m in spec if any(b in r for r in results.values())]
+    cols += [(c, b, m) for c, b, m in TIMING_PANELS
+             if any(r.get(b, {}).get(m) is not None for r in results.values())]
     if not cols:
         return None
     n = len(cols)
@@ -105,10 +146,15 @@ def plot(results: dict[str, dict[str, Any]], path: str | Path) -> Path | None:
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for ax, (title, bench, metric) in zip(axes.flat, cols):
         vals = [results[m].get(bench, {}).get(metric) for m in models]
-        ax.bar(range(len(models)), [v or 0 for v in vals], color=[colors[i % len(colors)] for i in range(len(models))])
+        lo, hi, log = panel_axis(bench, metric, vals)
+        if log:
+            ax.set_yscale("log")
+        base = lo if log else 0.0
+        heights = [(v if v is not None and (v > 0 or not log) else base) - base for v in vals]
+        ax.bar(range(len(models)), heights, bottom=base, color=[colors[i % len(colors)] for i in range(len(models))])
         for i, v in enumerate(vals):
-            ax.text(i, (v or 0), "-" if v is None else f"{v:.1f}", ha="center", va="bottom", fontsize=7)
-        ax.set_ylim(0, max([v or 0 for v in vals] + [1e-9]) * 1.18 or 1)  # room for the value labels
+            ax.text(i, base + heights[i], _label(metric, v), ha="center", va="bottom", fontsize=7)
+        ax.set_ylim(lo, hi)
         ax.set_title(title, fontsize=8)
         ax.set_xticks(range(len(models)), models, rotation=30, ha="right", fontsize=7)
         ax.tick_params(axis="y", labelsize=7)

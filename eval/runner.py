@@ -17,8 +17,8 @@ from typing import Any
 
 from ecomvlm.data_modules.item_intel.schema import ITEM_INTEL_SCHEMA
 from ecomvlm.eval.backends import Backend
-from ecomvlm.eval.judge import Judge, RuleJudge, score_item_intel
-from ecomvlm.eval.public import PUBLIC, load_public, score_public
+from ecomvlm.eval.judge import Judge, RuleJudge, parse_reference, score_item_intel
+from ecomvlm.eval.public import PUBLIC, load_public_with_info, score_public
 from ecomvlm.eval.scoring import parse_model_json, score_records
 
 ECOMMERCE = ["aspect_general", "aspect_fashion", "aspect_fashion_tc", "fashion_apparel",
@@ -55,42 +55,101 @@ def load_benchmark(data_dir: Path, name: str, limit: int | None = None) -> list[
 
 
 def _generate(backend: Backend, prompts: list[str], images: list[list[Any]], *, max_new_tokens: int,
-              json_schema: dict[str, Any] | None = None, chunk: int = 32, desc: str = "") -> list[str]:
+              json_schema: dict[str, Any] | None = None, temperature: float = 0.0, seed: int = 0,
+              system: str | None = None, desc: str = "") -> tuple[list[str], list[float], float]:
+    """(answers, per-example latencies, wall time). Latencies come from the backend (`last_latencies`: each
+    example's time from the submission of its batch or request to its answer); the wall time covers the calls."""
     from tqdm import tqdm
 
+    chunk = max(1, int(getattr(backend, "call_size", 32)))
     out: list[str] = []
+    lat: list[float] = []
+    wall = 0.0
     with tqdm(total=len(prompts), desc=desc, unit="ex", leave=False, disable=len(prompts) <= chunk) as bar:
         for i in range(0, len(prompts), chunk):
-            out += backend.generate(prompts[i:i + chunk], images[i:i + chunk], max_new_tokens=max_new_tokens,
-                                    json_schema=json_schema)
-            bar.update(len(prompts[i:i + chunk]))
-    return out
+            t0 = time.perf_counter()
+            got = backend.generate(prompts[i:i + chunk], images[i:i + chunk], max_new_tokens=max_new_tokens,
+                                   json_schema=json_schema, temperature=temperature, seed=seed, system=system)
+            dt = time.perf_counter() - t0
+            wall += dt
+            if len(got) != len(prompts[i:i + chunk]):
+                raise RuntimeError(f"backend {getattr(backend, 'name', '?')} returned {len(got)} answers for "
+                                   f"{len(prompts[i:i + chunk])} prompts")
+            per = list(getattr(backend, "last_latencies", None) or [])
+            out += got
+            lat += per if len(per) == len(got) else [dt] * len(got)
+            bar.update(len(got))
+    return out, lat, wall
+
+
+def _percentile(xs: list[float], q: float) -> float:
+    ys = sorted(xs)
+    return ys[min(len(ys) - 1, int(round(q * (len(ys) - 1))))] if ys else 0.0
+
+
+def timing_metrics(latencies: list[float], wall_s: float, *, warm: bool, warmup_s: float | None,
+                   batch: int | None, backend: str, hardware: str, regenerated: int = 0) -> dict[str, Any]:
+    """Table 4's two numbers: per-example latency (mean seconds from an example's submission to its final answer,
+    JSON re-generations included) and throughput (examples per second of generation wall time, at `batch`)."""
+    n = len(latencies)
+    return {"sec_per_example": sum(latencies) / max(1, n), "latency_p50_s": _percentile(latencies, 0.5),
+            "latency_p90_s": _percentile(latencies, 0.9), "examples_per_s": n / wall_s if wall_s > 0 else None,
+            "wall_s": wall_s, "n_timed": n, "regenerated": regenerated, "warm": warm, "warmup_s": warmup_s,
+            "batch": batch, "backend": backend, "hardware": hardware}
+
+
+def _batch(backend: Backend) -> int | None:
+    for attr in ("batch_size", "concurrency"):
+        v = getattr(backend, attr, None)
+        if isinstance(v, int):
+            return v
+    return None
 
 
 def evaluate(backend: Backend, label: str, benchmarks: list[str], out_dir: str | Path, *,
              data_dir: str | Path | None = None, public_paths: dict[str, str] | None = None,
-             limit: int | None = None, max_new_tokens: int = 64, item_intel_max_new_tokens: int = 512,
-             judge: Judge | None = None, json_retries: int = 2, matcher=None, progress=None) -> dict[str, Any]:
+             public_options: dict[str, dict[str, Any]] | None = None, limit: int | None = None,
+             max_new_tokens: int = 64, item_intel_max_new_tokens: int = 512, judge: Judge | None = None,
+             json_retries: int = 2, matcher=None, progress=None, warmup: bool = True,
+             hardware_note: str | None = None) -> dict[str, Any]:
     """Run `benchmarks` through `backend`; write <out>/<label>/<benchmark>.json; return {benchmark: metrics}.
 
     Model answers to item_intel that are not JSON are re-generated with sampling (temperature 0.7, a new seed per
-    try) up to `json_retries` times; what still fails is counted in `unparsed` and scores 0."""
+    try) up to `json_retries` times; what still fails is counted in `unparsed` and scores 0.
+
+    Timing (Table 4): before the first timed benchmark one warm-up batch (the first batch of that benchmark) runs
+    untimed, so latencies exclude model load and first-call costs (compilation, caches); `warmup=False` skips it
+    and the timings say `warm: false`. Re-generations count in the latency of their example and in the wall time.
+    """
     from PIL import Image
+
+    from ecomvlm.eval.hardware import hardware_summary, host_hardware
 
     out = Path(out_dir) / label
     out.mkdir(parents=True, exist_ok=True)
     public_paths = public_paths or {}
+    public_options = public_options or {}
+    host = host_hardware()
+    backend_info = backend.describe() if hasattr(backend, "describe") else {"engine": getattr(backend, "name", "?")}
+    hw = hardware_summary(backend_info, host, hardware_note)
     results: dict[str, Any] = {}
     for bench in benchmarks:
         extra: dict[str, Any] = {}
+        data_info: dict[str, Any] | None = None
+        system = None
         if bench in PUBLIC:
-            recs = load_public(bench, public_paths.get(bench), limit=limit)
+            recs, data_info = load_public_with_info(bench, public_paths.get(bench), limit=limit,
+                                                    options=public_options.get(bench))
             images = [r.pop("images") for r in recs]
+            system = recs[0]["system"] if recs else None
             n_tokens = max(max_new_tokens, recs[0]["max_new_tokens"]) if recs else max_new_tokens
         else:
             if data_dir is None:
                 raise ValueError(f"{bench} reads <data>/eval/{bench}.jsonl: pass --data")
             recs = load_benchmark(Path(data_dir), bench, limit)
+            if bench == ITEM_INTEL:
+                for r in recs:  # a broken reference fails here, before any generation
+                    parse_reference(r)
             images = []
             for r in recs:
                 try:
@@ -100,21 +159,31 @@ def evaluate(backend: Backend, label: str, benchmarks: list[str], out_dir: str |
                                      f"record") from None
             n_tokens = item_intel_max_new_tokens if bench == ITEM_INTEL else max_new_tokens
         schema = ITEM_INTEL_SCHEMA if bench == ITEM_INTEL else None
-        t0 = time.perf_counter()
-        preds = _generate(backend, [r["prompt"] for r in recs], images, max_new_tokens=n_tokens, json_schema=schema,
-                          desc=f"{label}/{bench}")
-        dt = time.perf_counter() - t0
+        prompts = [r["prompt"] for r in recs]
+        warmup_s = None
+        if warmup and recs and not getattr(backend, "_ecomvlm_warm", False):
+            n_warm = min(len(recs), max(1, _batch(backend) or 8))
+            t0 = time.perf_counter()
+            backend.generate(prompts[:n_warm], images[:n_warm], max_new_tokens=n_tokens, json_schema=schema,
+                             system=system)
+            warmup_s = time.perf_counter() - t0
+            backend._ecomvlm_warm = True
+        preds, lat, wall = _generate(backend, prompts, images, max_new_tokens=n_tokens, json_schema=schema,
+                                     system=system, desc=f"{label}/{bench}")
+        retried = 0
         if bench == ITEM_INTEL:
-            retried = 0
             for attempt in range(1, json_retries + 1):
                 bad = [i for i, p in enumerate(preds) if parse_model_json(p) is None]
                 if not bad:
                     break
                 retried += len(bad)
-                again = backend.generate([recs[i]["prompt"] for i in bad], [images[i] for i in bad],
-                                         max_new_tokens=n_tokens, json_schema=schema, temperature=0.7, seed=attempt)
-                for i, p in zip(bad, again):
+                again, lat2, wall2 = _generate(backend, [prompts[i] for i in bad], [images[i] for i in bad],
+                                               max_new_tokens=n_tokens, json_schema=schema, temperature=0.7,
+                                               seed=attempt, system=system)
+                wall += wall2
+                for i, p, d in zip(bad, again, lat2):
                     preds[i] = p
+                    lat[i] += d
             metrics = score_item_intel(recs, preds, judge or RuleJudge())
             items = metrics.pop("items")
             metrics["model_retries"] = retried
@@ -123,12 +192,20 @@ def evaluate(backend: Backend, label: str, benchmarks: list[str], out_dir: str |
             metrics = score_public(bench, recs, preds, matcher=matcher)
         else:
             metrics = score_records(bench, recs, preds)
-        metrics["sec_per_example"] = dt / max(1, len(recs))
+        timing = timing_metrics(lat, wall, warm=bool(getattr(backend, "_ecomvlm_warm", False)), warmup_s=warmup_s,
+                                batch=_batch(backend), backend=getattr(backend, "name", "?"), hardware=hw,
+                                regenerated=retried)
+        metrics["sec_per_example"] = timing["sec_per_example"]
+        metrics["examples_per_s"] = timing["examples_per_s"]
+        metrics["timing"] = timing
+        if data_info is not None:
+            metrics["data"] = data_info
         results[bench] = metrics
         (out / f"{bench}.json").write_text(json.dumps(
-            {"model": label, "backend": getattr(backend, "name", "?"), "benchmark": bench, "metrics": metrics,
-             "predictions": [{"id": r["id"], "prediction": p, "answer": r["answer"]} for r, p in zip(recs, preds)],
-             **extra}, indent=1, default=str) + "\n")
+            {"model": label, "backend": getattr(backend, "name", "?"), "backend_info": backend_info,
+             "host": host, "benchmark": bench, "metrics": metrics,
+             "predictions": [{"id": r["id"], "prediction": p, "answer": r["answer"], "latency_s": d}
+                             for r, p, d in zip(recs, preds, lat)], **extra}, indent=1, default=str) + "\n")
         if progress:
             progress(bench, metrics)
     return results

@@ -78,13 +78,14 @@ def parse_model_json(text: str) -> dict[str, Any] | None:
     return None
 
 
-def parse_attributes(text: str) -> dict[str, str] | None:
-    """A JSON object (possibly inside ```json fences) or `key: value` lines -> {key: value}; None if neither."""
+def parse_attributes(text: str) -> dict[str, str | list[str]] | None:
+    """A JSON object (possibly inside ```json fences) or `key: value` lines -> {key: value}; list values stay lists
+    (several values of one attribute). None if neither."""
     obj = parse_model_json(text)
     if obj is not None:
-        return {str(k): ", ".join(map(str, v)) if isinstance(v, list) else str(v) for k, v in obj.items()}
+        return {str(k): [str(x) for x in v] if isinstance(v, list) else str(v) for k, v in obj.items()}
     t = _unfenced(text)
-    pairs = {}
+    pairs: dict[str, str | list[str]] = {}
     for line in t.splitlines():
         m = re.match(r"^\s*[-*]?\s*([^:]{1,60}):\s*(.+?)\s*$", line)
         if m:
@@ -92,14 +93,27 @@ def parse_attributes(text: str) -> dict[str, str] | None:
     return pairs or None
 
 
-def dae_scores(prediction: str, reference: dict[str, str]) -> dict[str, float] | None:
-    """Precision/recall/F1 of attribute extraction for one item (keys and values normalised)."""
+def _value_set(v: str | list[str]) -> set[str]:
+    """Normalised values an attribute states: each list element, and a comma-separated string both whole and per
+    part ("Nike, Adidas" states Nike and Adidas). Splitting happens before normalisation removes the commas."""
+    items = v if isinstance(v, list) else [v]
+    out = set()
+    for it in items:
+        out.add(normalize(it))
+        if isinstance(it, str) and "," in it:
+            out |= {normalize(p) for p in it.split(",") if p.strip()}
+    return out - {""}
+
+
+def dae_scores(prediction: str, reference: dict[str, str | list[str]]) -> dict[str, float] | None:
+    """Precision/recall/F1 of attribute extraction for one item (keys and values normalised). A predicted attribute
+    is faithful when its key is a reference key and one of the values it states is a reference value."""
     pred = parse_attributes(prediction)
     if pred is None:
         return None
-    ref = {normalize(k): normalize(v) for k, v in reference.items()}
-    got = {normalize(k): normalize(v) for k, v in pred.items()}
-    correct = sum(1 for k, v in got.items() if k in ref and (v == ref[k] or ref[k] in v.split(", ")))
+    ref = {normalize(k): _value_set(v) for k, v in reference.items()}
+    got = {normalize(k): _value_set(v) for k, v in pred.items()}
+    correct = sum(1 for k, vals in got.items() if k in ref and vals & ref[k])
     p = correct / len(got) if got else 0.0
     r = correct / len(ref) if ref else 0.0
     return {"precision": p, "recall": r, "f1": 2 * p * r / (p + r) if p + r else 0.0}

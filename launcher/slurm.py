@@ -1,202 +1,147 @@
-"""`ecomvlm launch`: a recipe + Hydra overrides + a cluster config -> an sbatch script -> a SLURM job.
+"""`ecomvlm launch`: a checked :class:`~ecomvlm.launcher.plan.Plan` -> an sbatch script -> a SLURM job, and the
+job's state from ``scontrol`` (no accounting database needed).
 
-The launcher imports no model code (the config schema only; no megatron): it composes the recipe's config (to
-reject bad overrides and impossible parallel layouts *before* anything is queued), renders a script, and calls
-sbatch. Every override, path and environment value goes into the script through ``shlex.quote``, so a value like
-``x'; rm -rf /`` stays data.
+The launcher imports no model code (the config schema only; no megatron). Every override, path and environment
+value goes into the script through ``shlex.quote`` (and control characters are refused before that), so a value
+like ``x'; rm -rf /`` stays data.
 
-What the script does: one task per GPU (``srun``), rendezvous from SLURM (MASTER_ADDR = first host of the job,
-MASTER_PORT from the job id; ranks from SLURM_PROCID), a stable run directory so a requeued job resumes from its
-last checkpoint, ``--requeue`` with a signal ahead of the time limit that requeues the job, logs per job
-(``<log_dir>/<name>-<jobid>.out``), job arrays for sweeps (one array task per override combination, like Hydra
-multirun) and ``--dependency=afterok`` chains (stage 2 after stage 1).
+What the script does:
+
+- one task per GPU (``srun``), rendezvous from SLURM (MASTER_ADDR = first host of the job, MASTER_PORT from the
+  job id; ranks from SLURM_PROCID), in the submit directory, with a run directory that does not depend on the job
+  id, so a requeued or resubmitted job resumes from its last checkpoint;
+- pre-emption and time limits: ``--signal=USR1@N`` reaches the training tasks themselves (not ``B:``, the batch
+  shell only), they finish the step, save and exit with 75; the script then requeues the job (``--requeue``) while
+  ``SLURM_RESTART_COUNT`` is below ``max_requeues``. Only exit 75 is requeued: a crash is not retried forever, and
+  a SIGTERM to the batch shell (scancel, pre-emption by SLURM, which requeues by itself) is never requeued again;
+- one log per job or array task, appended across requeues (``--open-mode=append``), each attempt opening with a
+  ``[ecomvlm] job ... restart R of at most M`` header;
+- job arrays for sweeps (one task per override combination, like Hydra multirun) and ``--dependency=afterok``
+  chains (stage 2 after stage 1) with ``--kill-on-invalid-dep=yes``, so a job whose dependency failed is cancelled
+  instead of pending forever;
+- with a container (pyxis): the image, the cluster's mounts plus the submit directory at the same path, that
+  directory as the container's workdir, ``--no-container-mount-home``, and ``--container-env`` naming every
+  variable the script sets, so the image's own values (NCCL_*, ...) do not win (the NeMo-Run/Megatron-Bridge way).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import itertools
 import re
 import shlex
 import subprocess
 import sys
+import time
 from pathlib import Path
-from typing import Any
+from typing import Callable
 
-import yaml
+from ecomvlm.launcher.plan import PREEMPTED_EXIT_CODE, Plan
 
-CLUSTER_DIR = Path(__file__).resolve().parents[1] / "conf" / "cluster"
-
-
-@dataclasses.dataclass
-class ClusterConfig:
-    partition: str | None = None
-    account: str | None = None
-    nodes: int = 1
-    gpus_per_node: int = 8
-    tasks_per_node: int | None = None  # default: one per GPU
-    cpus_per_task: int | None = None
-    mem: str | int | None = None
-    time: str = "04:00:00"
-    container_image: str | None = None
-    container_mounts: list[str] = dataclasses.field(default_factory=list)
-    env: dict[str, str] = dataclasses.field(default_factory=dict)
-    python: str | None = None
-    log_dir: str = "logs/slurm"
-    runs_root: str = "runs"
-    requeue: bool = True
-    signal_seconds: int = 120
-    extra_sbatch: list[str] = dataclasses.field(default_factory=list)
-
-    @property
-    def ntasks_per_node(self) -> int:
-        n = self.tasks_per_node if self.tasks_per_node is not None else self.gpus_per_node
-        if not n or n < 1:
-            raise ValueError("cluster config: set gpus_per_node or tasks_per_node to at least 1")
-        return n
-
-    @property
-    def world_size(self) -> int:
-        return self.nodes * self.ntasks_per_node
+TERMINAL = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "PREEMPTED", "BOOT_FAIL",
+            "DEADLINE", "SPECIAL_EXIT", "REVOKED"}
+NEVER = "DependencyNeverSatisfied"
 
 
-def load_cluster(name_or_path: str, **overrides: Any) -> ClusterConfig:
-    path = Path(name_or_path)
-    if not path.suffix:
-        path = CLUSTER_DIR / f"{name_or_path}.yaml"
-    if not path.is_file():
-        known = sorted(p.stem for p in CLUSTER_DIR.glob("*.yaml"))
-        raise FileNotFoundError(f"cluster config {name_or_path!r} not found; known: {known} (or give a .yaml path)")
-    data = yaml.safe_load(path.read_text()) or {}
-    fields = {f.name for f in dataclasses.fields(ClusterConfig)}
-    unknown = sorted(set(data) - fields)
-    if unknown:
-        raise ValueError(f"{path}: unknown keys {unknown}; valid: {sorted(fields)}")
-    data.update({k: v for k, v in overrides.items() if v is not None})
-    return ClusterConfig(**data)
-
-
-def parse_sweep(sweeps: list[str]) -> list[list[str]]:
-    """["a=1,2", "b=x,y"] -> the 4 override combinations (Hydra multirun's comma syntax)."""
-    axes = []
-    for s in sweeps:
-        key, sep, values = s.partition("=")
-        if not sep or not key or not values:
-            raise ValueError(f"--sweep {s!r}: expected key=v1,v2,...")
-        axes.append([f"{key}={v}" for v in values.split(",")])
-    return [list(c) for c in itertools.product(*axes)] if axes else [[]]
-
-
-def _safe_name(s: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", s).strip("_")[:120] or "job"
-
-
-def validate(recipe: str, overrides: list[str], world_size: int) -> dict[str, Any]:
-    """Compose the recipe as the job will, and check the parallel layout against the job's world size."""
-    from omegaconf import OmegaConf
-
-    from ecomvlm.recipes.config import compose, unknown_settings
-    from ecomvlm.recipes.models.parallel import ParallelConfig, validate_parallel
-
-    try:
-        cfg = compose(recipe, overrides)
-    except Exception as e:  # hydra's errors name the bad key/group; keep their message, drop the traceback
-        raise ValueError(f"recipe {recipe!r} with overrides {overrides}: {e}") from None
-    unknown = unknown_settings(cfg)
-    if unknown:
-        raise ValueError(f"recipe {recipe!r}: unknown settings {unknown}")
-    c = OmegaConf.to_container(cfg, resolve=False)
-    par = ParallelConfig(**c["parallel"])
-    dec = c["model"]["decoder"]
-    validate_parallel(par, world_size, num_attention_heads=dec.get("num_attention_heads"),
-                      num_query_groups=dec.get("num_query_groups"), num_layers=dec.get("num_layers"))
-    dp = world_size // (par.tensor_model_parallel_size * par.pipeline_model_parallel_size * par.context_parallel_size)
-    data = c.get("data", {})
-    if isinstance(data.get("global_batch_size"), int) and isinstance(data.get("micro_batch_size"), int):
-        if data["global_batch_size"] % (data["micro_batch_size"] * dp):
-            raise ValueError(f"data.global_batch_size={data['global_batch_size']} is not a multiple of "
-                             f"micro_batch_size x data-parallel size = {data['micro_batch_size']} x {dp} "
-                             f"(world {world_size})")
-    return c
-
-
-def render(recipe: str, overrides: list[str], cluster: ClusterConfig, *, job_name: str | None = None,
-           sweep: list[list[str]] | None = None, dependency: str | None = None, workdir: str | None = None) -> str:
-    """The sbatch script (a string). `sweep` = override lists, one array task each."""
-    sweep = sweep or [[]]
-    name = _safe_name(job_name or recipe)
+def task_command(plan: Plan, *, python: str | None = None) -> list[str]:
+    """python -m ecomvlm.recipes.vlm_train ... as shell words (quoted), up to the overrides."""
     q = shlex.quote
-    log_dir = Path(cluster.log_dir)
-    out = f"{log_dir}/%x-%A_%a.out" if len(sweep) > 1 else f"{log_dir}/%x-%j.out"
-    lines = ["#!/bin/bash", f"#SBATCH --job-name={q(name)}", f"#SBATCH --nodes={int(cluster.nodes)}",
-             f"#SBATCH --ntasks-per-node={cluster.ntasks_per_node}", f"#SBATCH --output={q(out)}",
-             f"#SBATCH --time={q(str(cluster.time))}"]
-    if cluster.gpus_per_node:
-        lines.append(f"#SBATCH --gpus-per-node={int(cluster.gpus_per_node)}")
+    return [q(python or plan.cluster.python or sys.executable), "-m", "ecomvlm.recipes.vlm_train", "--config-name",
+            q(plan.recipe)]
+
+
+def task_overrides(plan: Plan) -> list[str]:
+    """Bash lines that set OVERRIDES (shared) and SWEEP (this array task's values + run.dir) and per-task env."""
+    q = shlex.quote
+    lines = ["OVERRIDES=(" + " ".join(q(o) for o in plan.overrides) + ")"]
+    if plan.is_array:
+        lines.append('case "$SLURM_ARRAY_TASK_ID" in')
+        for t in plan.tasks:
+            items = " ".join(q(o) for o in [*t.sweep, f"run.dir={t.run_dir}"])
+            exports = "".join(f" export {k}={q(v)};" for k, v in sorted(t.env.items()))
+            lines.append(f"  {t.index}){exports} SWEEP=({items}) ;;")
+        lines += ['  *) echo "[ecomvlm] unknown array task $SLURM_ARRAY_TASK_ID" >&2; exit 2 ;;', "esac"]
+    else:
+        t = plan.tasks[0]
+        lines += [f"export {k}={q(v)}" for k, v in sorted(t.env.items())]
+        lines.append(f"SWEEP=({q(f'run.dir={t.run_dir}')})")
+    return lines
+
+
+def container_flags(plan: Plan) -> list[str]:
+    c, q = plan.cluster, shlex.quote
+    if not c.container_image:
+        return []
+    mounts = list(c.container_mounts)
+    if not any(m.split(":")[1 if ":" in m else 0].rstrip("/") == plan.workdir for m in mounts):
+        mounts.append(f"{plan.workdir}:{plan.workdir}")
+    return [f"--container-image={q(c.container_image)}", f"--container-mounts={q(','.join(mounts))}",
+            f"--container-workdir={q(plan.workdir)}", "--no-container-mount-home",
+            f"--container-env={','.join(plan.exported_names())}"]
+
+
+def render(plan: Plan) -> str:
+    """The sbatch script (a string)."""
+    c, q = plan.cluster, shlex.quote
+    log_dir = c.log_dir.rstrip("/") or "."
+    out = f"{log_dir}/%x-%A_%a.out" if plan.is_array else f"{log_dir}/%x-%j.out"
+    lines = ["#!/bin/bash", f"#SBATCH --job-name={plan.name}", f"#SBATCH --nodes={c.nodes}",
+             f"#SBATCH --ntasks-per-node={c.ntasks_per_node}", f"#SBATCH --output={q(out)}",
+             "#SBATCH --open-mode=append", f"#SBATCH --time={c.time}", f"#SBATCH --chdir={q(plan.workdir)}"]
+    if c.gpus_per_node:
+        lines.append(f"#SBATCH --gpus-per-node={c.gpus_per_node}")
     for key, flag in (("partition", "partition"), ("account", "account"), ("cpus_per_task", "cpus-per-task"),
                       ("mem", "mem")):
-        v = getattr(cluster, key)
+        v = getattr(c, key)
         if v is not None:
             lines.append(f"#SBATCH --{flag}={q(str(v))}")
-    if cluster.requeue:
-        lines += ["#SBATCH --requeue", f"#SBATCH --signal=B:USR1@{int(cluster.signal_seconds)}"]
-    if len(sweep) > 1:
-        lines.append(f"#SBATCH --array=0-{len(sweep) - 1}")
-    if dependency:
-        if not re.fullmatch(r"(afterok|afterany|afternotok|after):\d+(:\d+)*", dependency):
-            raise ValueError(f"dependency {dependency!r}: expected e.g. afterok:12345")
-        lines.append(f"#SBATCH --dependency={dependency}")
-    for raw in cluster.extra_sbatch:
-        if "\n" in raw:
-            raise ValueError("extra_sbatch entries must be single lines")
-        lines.append(f"#SBATCH {q(raw) if ' ' in raw else raw}")
-    python = cluster.python or sys.executable
+    lines.append("#SBATCH --requeue" if c.requeue else "#SBATCH --no-requeue")
+    lines.append(f"#SBATCH --signal=USR1@{c.signal_seconds}")  # to the tasks: they save (exit 75) before the end
+    if plan.is_array:
+        lines.append(f"#SBATCH --array=0-{len(plan.tasks) - 1}")
+    if plan.after:
+        lines += [f"#SBATCH --dependency=afterok:{plan.after}", "#SBATCH --kill-on-invalid-dep=yes"]
+    for raw in c.extra_sbatch:
+        flag, eq, value = raw.partition("=")
+        lines.append(f"#SBATCH {flag}={q(value)}" if eq else f"#SBATCH {flag}")
+    srun = ["srun", "--label", "--kill-on-bad-exit=1", *container_flags(plan)]
+    cmd = " ".join([*srun, *task_command(plan), '"${OVERRIDES[@]}"', '"${SWEEP[@]}"'])
+    max_requeues = c.max_requeues if c.requeue else 0
     lines += [
         "",
         "set -uo pipefail",
-        f"mkdir -p {q(str(log_dir))}",
-    ]
-    if workdir:
-        lines.append(f"cd {q(workdir)}")
-    lines += [
+        f"MAX_REQUEUES={max_requeues}",
+        "restarts=${SLURM_RESTART_COUNT:-0}",
+        'task=${SLURM_ARRAY_JOB_ID:+${SLURM_ARRAY_JOB_ID}_${SLURM_ARRAY_TASK_ID}}',
+        'task=${task:-$SLURM_JOB_ID}',
+        f'echo "[ecomvlm] job $task ({plan.name}) restart $restarts of at most $MAX_REQUEUES on '
+        '$SLURM_JOB_NODELIST at $(date -Is), world $SLURM_NTASKS"',
+        f"mkdir -p {q(log_dir)}",
         "# rendezvous: the first host of the allocation; a port derived from the job id",
         'export MASTER_ADDR=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)',
         "export MASTER_PORT=$((20000 + SLURM_JOB_ID % 20000))",
-    ]
-    for k, v in sorted(cluster.env.items()):
-        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", str(k)):
-            raise ValueError(f"cluster env name {k!r} is not a valid variable name")
-        lines.append(f"export {k}={q(str(v))}")
-    base_run = f"{cluster.runs_root}/{name}"
-    lines.append("OVERRIDES=(" + " ".join(q(o) for o in overrides) + ")")
-    if len(sweep) > 1:
-        lines.append('case "$SLURM_ARRAY_TASK_ID" in')
-        for i, combo in enumerate(sweep):
-            run_dir = f"{base_run}/{i}_" + _safe_name("_".join(combo))
-            items = " ".join(q(o) for o in [*combo, f"run.dir={run_dir}"])
-            lines.append(f"  {i}) SWEEP=({items}) ;;")
-        lines += ['  *) echo "unknown array task $SLURM_ARRAY_TASK_ID" >&2; exit 2 ;;', "esac"]
-    else:
-        lines.append(f"SWEEP=({q(f'run.dir={base_run}')})")
-    srun = ["srun", "--label", "--kill-on-bad-exit=1"]
-    if cluster.container_image:
-        srun += [f"--container-image={q(cluster.container_image)}"]
-        if cluster.container_mounts:
-            srun += [f"--container-mounts={q(','.join(cluster.container_mounts))}"]
-    cmd = " ".join([*srun, q(python), "-m", "ecomvlm.recipes.vlm_train", "--config-name", q(recipe),
-                    '"${OVERRIDES[@]}"', '"${SWEEP[@]}"'])
-    lines += [
-        "# preemption / time limit: SLURM sends USR1 ahead of the end; requeue, and the run resumes from its",
-        "# last checkpoint (the run directory does not depend on the job id)",
-        "requeue() { echo \"[ecomvlm] signal received: requeueing job $SLURM_JOB_ID\"; "
-        "scontrol requeue \"$SLURM_JOB_ID\"; exit 0; }",
-        "trap requeue USR1",
-        f'echo "[ecomvlm] job $SLURM_JOB_ID on $SLURM_JOB_NODELIST: {name}, world $SLURM_NTASKS"',
+        *[f"export {k}={q(v)}" for k, v in sorted(plan.env().items())],
+        *task_overrides(plan),
+        "# the batch shell must live until srun returns: SIGTERM (scancel, pre-emption, time limit) is noted, and a",
+        "# job SLURM is ending is not requeued from here; SIGUSR1 is the tasks' (scancel --full also sends it here)",
+        "terminated=0",
+        "trap 'terminated=1; echo \"[ecomvlm] batch shell got SIGTERM: no requeue from this script\"' TERM",
+        "trap 'echo \"[ecomvlm] batch shell got SIGUSR1 (the tasks save on it)\"' USR1",
         f"{cmd} &",
-        "wait $!",
-        "status=$?",
-        'echo "[ecomvlm] exit code $status"',
-        "exit $status",
+        "pid=$!",
+        'while :; do wait "$pid"; rc=$?; kill -0 "$pid" 2>/dev/null || break; done  # a trap interrupts wait',
+        'echo "[ecomvlm] exit code $rc"',
+        f'if [ "$rc" -eq {PREEMPTED_EXIT_CODE} ] && [ "$terminated" -eq 0 ]; then',
+        '  if [ "$restarts" -lt "$MAX_REQUEUES" ]; then',
+        '    echo "[ecomvlm] checkpoint saved on a signal: requeueing $task (restart $((restarts + 1)) of at most '
+        '$MAX_REQUEUES)"',
+        '    scontrol requeue "$task" && exit 0',
+        '    echo "[ecomvlm] scontrol requeue $task failed: resubmit the same command to resume"',
+        "  else",
+        '    echo "[ecomvlm] requeue cap reached ($MAX_REQUEUES restarts): not requeued; resubmit the same command '
+        'to resume from the last checkpoint"',
+        "  fi",
+        "fi",
+        'exit "$rc"',
     ]
     return "\n".join(lines) + "\n"
 
@@ -205,28 +150,97 @@ def render(recipe: str, overrides: list[str], cluster: ClusterConfig, *, job_nam
 class Submitted:
     job_id: str
     script_path: Path
-    log_pattern: str
+    log_paths: list[str]
 
 
-def submit(script: str, script_dir: str | Path) -> Submitted:
-    script_dir = Path(script_dir)
-    script_dir.mkdir(parents=True, exist_ok=True)
-    name = re.search(r"--job-name=(\S+)", script).group(1).strip("'")
-    path = script_dir / f"{name}.sbatch"
+def submit(plan: Plan, script: str) -> Submitted:
+    script_dir = Path(plan.workdir) / plan.cluster.log_dir / "scripts"
+    script_dir.mkdir(parents=True, exist_ok=True)  # also makes log_dir, which slurmd opens before the script runs
+    path = script_dir / f"{plan.name}.sbatch"
     path.write_text(script)
-    proc = subprocess.run(["sbatch", "--parsable", str(path)], capture_output=True, text=True)
+    proc = subprocess.run(["sbatch", "--parsable", str(path)], capture_output=True, text=True, cwd=plan.workdir)
     if proc.returncode != 0:
-        raise RuntimeError(f"sbatch failed ({proc.returncode}): {proc.stderr.strip()}")
+        msg = " ".join(proc.stderr.split()) or f"exit code {proc.returncode}"
+        raise RuntimeError(f"sbatch refused {path}: {msg}")
     job_id = proc.stdout.strip().split(";")[0]
-    out = re.search(r"--output=(\S+)", script).group(1).strip("'")
-    return Submitted(job_id, path, out.replace("%x", name).replace("%j", job_id).replace("%A", job_id))
+    return Submitted(job_id, path, plan.log_paths(job_id))
 
 
-def job_state(job_id: str) -> dict[str, str]:
-    """{'state': COMPLETED|FAILED|RUNNING|PENDING|..., 'exit_code': '0:0'} from scontrol (no accounting DB needed)."""
+# ------------------------------------------------------------------------------------------------- job state
+def _expand_ids(spec: str) -> list[str]:
+    """An ArrayTaskId field: '3', '0-2', '1,4-5', '0-9%2' (throttled) -> task ids."""
+    out: list[str] = []
+    for part in spec.split("%")[0].split(","):
+        a, _, b = part.partition("-")
+        if a.isdigit() and (not b or b.isdigit()):
+            out += [str(i) for i in range(int(a), int(b or a) + 1)]
+    return out
+
+
+def job_states(job_id: str) -> dict[str, dict[str, str]] | None:
+    """{array task id ('' for a plain job): {state, exit_code, reason, restarts, dependency, job_id}} from
+    ``scontrol show job -o``, one line per task (a pending, unsplit range is one line for all of its tasks);
+    None when SLURM no longer knows the job (purged after MinJobAge, or never existed)."""
     proc = subprocess.run(["scontrol", "show", "job", "-o", str(job_id)], capture_output=True, text=True)
     if proc.returncode != 0:
-        raise RuntimeError(f"scontrol show job {job_id}: {proc.stderr.strip()}")
-    fields = dict(kv.split("=", 1) for kv in proc.stdout.split() if "=" in kv)
-    return {"state": fields.get("JobState", "UNKNOWN"), "exit_code": fields.get("ExitCode", "?"),
-            "reason": fields.get("Reason", "")}
+        if "Invalid job id" in proc.stderr:
+            return None
+        raise RuntimeError(f"scontrol show job {job_id}: {' '.join(proc.stderr.split())}")
+    out: dict[str, dict[str, str]] = {}
+    for line in proc.stdout.splitlines():
+        f = dict(re.findall(r"(\w+)=(\S*)", line))
+        if "JobState" not in f:
+            continue
+        rec = {"state": f["JobState"], "exit_code": f.get("ExitCode", "?"), "reason": f.get("Reason", ""),
+               "restarts": f.get("Restarts", "0"), "dependency": f.get("Dependency", ""), "job_id": f.get("JobId", "")}
+        for task in _expand_ids(f["ArrayTaskId"]) if "ArrayTaskId" in f else [""]:
+            out[task] = rec
+    return out
+
+
+def _finished(rec: dict[str, str]) -> bool:
+    return rec["state"] in TERMINAL or (rec["state"] == "PENDING" and rec["reason"] == NEVER)
+
+
+def describe(job_id: str, task: str, rec: dict[str, str]) -> str:
+    name = f"{job_id}_{task}" if task else job_id
+    if rec["reason"] == NEVER:
+        return (f"job {name}: {rec['state']}, its dependency {rec['dependency']} can never be satisfied (the job it "
+                f"waits for did not succeed)" + ("; scancel it" if rec["state"] == "PENDING" else ""))
+    exit_code = rec["exit_code"].split(":")[0]
+    extra = f", restarts {rec['restarts']}" if rec["restarts"] not in ("", "0") else ""
+    return f"job {name}: {rec['state']} (exit code {exit_code}{extra})"
+
+
+def wait(job_id: str, tasks: list[str], *, poll_s: float = 2.0, timeout_s: float | None = None,
+         report: Callable[[str], None] = print) -> dict[str, dict[str, str]]:
+    """Block until every task (array task ids, or [''] for a plain job) has ended, or waits on a dependency that
+    can never be satisfied. Reports each change of state; returns the final record per task."""
+    t0, last, seen = time.time(), {}, False
+    while True:
+        states = job_states(job_id)
+        if states is None:
+            if seen:  # purged: SLURM keeps ended jobs only for MinJobAge
+                raise RuntimeError(f"job {job_id} is no longer known to SLURM (ended and purged); its log has the "
+                                   f"outcome ('[ecomvlm] exit code N')")
+            raise ValueError(f"job {job_id} is not known to SLURM")
+        seen = True
+        now = {t: states.get(t) or {"state": "PENDING", "exit_code": "?", "reason": "", "restarts": "0",
+                                    "dependency": "", "job_id": ""} for t in tasks}
+        for t, rec in now.items():
+            key = (rec["state"], rec["reason"] if rec["state"] == "PENDING" else "", rec["restarts"])
+            if last.get(t) != key:
+                report(describe(job_id, t, rec) if _finished(rec) else
+                       f"job {job_id}{'_' + t if t else ''}: {rec['state']}"
+                       + (f" ({rec['reason']})" if rec["state"] == "PENDING" and rec["reason"] not in ("", "None")
+                          else "") + (f", restarts {rec['restarts']}" if rec["restarts"] not in ("", "0") else ""))
+                last[t] = key
+        if all(_finished(r) for r in now.values()):
+            return now
+        if timeout_s is not None and time.time() - t0 > timeout_s:
+            raise TimeoutError(f"job {job_id}: not finished after {timeout_s:.0f} s")
+        time.sleep(poll_s)
+
+
+def succeeded(final: dict[str, dict[str, str]]) -> bool:
+    return all(r["state"] == "COMPLETED" and r["exit_code"].split(":")[0] == "0" for r in final.values())

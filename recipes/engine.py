@@ -198,11 +198,12 @@ class VLMTrainingModule(LightningModule):
         elif any(len(c) > 2 for c in b["cu_seqlens"]):
             attn = block_causal_mask(b["cu_seqlens"], ids.shape[1]).to(dev)
         pix = b["pixel_values"].to(dev) if (b["pixel_values"] is not None and _innermost(model).pre_process) else None
-        grid = b["image_grid_thw"].to(dev) if b.get("image_grid_thw") is not None else None
+        grid, sizes, tiles = (b[k].to(dev) if b.get(k) is not None else None
+                              for k in ("image_grid_thw", "image_sizes", "image_tiles"))
         if pix is not None and self.bf16:
             pix = pix.to(torch.bfloat16)
         out = model(ids, pos, pixel_values=pix, image_grid_thw=grid, labels=labels, attention_mask=attn,
-                    packed_seq_params=psp)
+                    packed_seq_params=psp, image_sizes=sizes, image_tiles=tiles)
 
         def loss_func(per_token):
             loss_sum = (per_token.float() * mask).sum()

@@ -85,7 +85,7 @@ class VLMTrainingRecipe:
         if len(self.tokenizer) > vocab:
             raise ValueError(f"tokenizer has {len(self.tokenizer)} tokens but model.decoder.vocab_size is {vocab}")
         self.bf16 = c.precision.dtype == torch.bfloat16
-        overrides = {"calculate_per_token_loss": True, **c.precision.transformer_overrides()}
+        overrides = {"calculate_per_token_loss": True, **c.precision.transformer_overrides(c.model.decoder)}
         torch.manual_seed(c.run.seed)
         self.model = build_vlm(self.vlm_cfg, c.parallel, params_dtype=c.precision.dtype,
                                config_overrides=overrides).to(self.info["device"])
@@ -148,7 +148,7 @@ class VLMTrainingRecipe:
         self.datamodule = VLMDataModule(d, self.tokenizer, self.vlm_cfg.decoder.chat_format,
                                         self.vlm_cfg.encoder.image_spec(), self.image_token_id,
                                         rank=self.info["dp_rank"], world_size=dp, seed=c.run.seed,
-                                        pad_to_multiple_of=c.precision.pad_to_multiple)
+                                        pad_to_multiple_of=c.precision.pad_to_multiple(c.parallel))
         if self.resume_meta is not None:
             self.datamodule.load_state_dict(self.resume_meta["data"])
 
@@ -245,10 +245,10 @@ class VLMTrainingRecipe:
         final = latest_checkpoint(self.run_dir / "checkpoints")
         out["final_checkpoint"] = str(final) if final else None
         if self.cfg.export.hf_dir and self.info["world_size"] == 1:
-            from ecomvlm.recipes.models.hf_io import export_llava_hf
+            from ecomvlm.recipes.models.hf_export import export_hf
             from ecomvlm.recipes.models.sharding import gather_full_state
 
-            out["hf_dir"] = str(export_llava_hf(gather_full_state(self.model), self.vlm_cfg, self.tokenizer,
+            out["hf_dir"] = str(export_hf(gather_full_state(self.model), self.vlm_cfg, self.tokenizer,
                                                 self.cfg.export.hf_dir, dtype=torch.float32))
         if self.rank0:
             (self.run_dir / "summary.json").write_text(json.dumps(out, indent=2) + "\n")

@@ -4,7 +4,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from ecomvlm.recipes.config import compose, model_config
-from ecomvlm.recipes.models.parallel import ParallelConfigError, validate_parallel
+from ecomvlm.recipes.models.parallel import ParallelConfig, ParallelConfigError, validate_parallel
 from ecomvlm.recipes.models.registry import list_models, resolve
 
 PAPER_ROWS = {
@@ -69,8 +69,31 @@ def test_fp8_is_refused_without_transformer_engine():
     import torch
 
     prec = OmegaConf.to_object(compose("train", ["precision=fp8_delayed"]).precision)
-    assert prec.dtype == torch.bfloat16 and prec.pad_to_multiple == 16
+    assert prec.dtype == torch.bfloat16 and prec.pad_to_multiple(ParallelConfig()) == 16
+    sp = ParallelConfig(tensor_model_parallel_size=3, sequence_parallel=True)
+    assert prec.pad_to_multiple(sp) == 48 and OmegaConf.to_object(compose("train").precision).pad_to_multiple(sp) == 3
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="needs Transformer Engine"):
             prec.transformer_overrides()
     assert OmegaConf.to_object(compose("train", ["precision=bf16"]).precision).transformer_overrides() == {}
+
+
+def test_fp8_is_refused_where_it_would_silently_not_run(monkeypatch):
+    """With TE and a Hopper GPU (simulated here), a decoder with local layers only (Gemma3) still cannot do FP8;
+    without a Hopper GPU nobody can."""
+    from ecomvlm.recipes.models import precision as prec_mod
+    from ecomvlm.recipes.models.decoders import gpt
+
+    prec = OmegaConf.to_object(compose("train", ["precision=fp8_current"]).precision)
+    monkeypatch.setattr(gpt, "te_available", lambda: True)
+    monkeypatch.setattr(prec_mod, "fp8_capable_gpu", lambda: True)
+    gemma = model_config(["model=siglip_gemma3_4b"]).decoder
+    with pytest.raises(ValueError, match="gemma3 decoder is built from local megatron layers"):
+        prec.transformer_overrides(gemma)
+    qwen = model_config(["model=siglip2_qwen3_8b"]).decoder
+    assert prec.transformer_overrides(qwen)["fp8_recipe"] == "tensorwise"
+    monkeypatch.setattr(prec_mod, "fp8_capable_gpu", lambda: False)
+    monkeypatch.setattr(prec_mod.torch.cuda, "get_device_name", lambda: "A100")
+    monkeypatch.setattr(prec_mod.torch.cuda, "get_device_capability", lambda: (8, 0))
+    with pytest.raises(ValueError, match="needs a Hopper-or-newer GPU"):
+        prec.transformer_overrides(qwen)

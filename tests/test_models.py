@@ -135,7 +135,8 @@ def test_export_loads_in_transformers_matches_and_generates(megatron_single, tin
     from PIL import Image
     from transformers import AutoProcessor, LlavaForConditionalGeneration
 
-    from ecomvlm.recipes.models.hf_io import export_llava_hf, load_hf_into, vlm_config_from_hf
+    from ecomvlm.recipes.models.hf_export import export_hf
+    from ecomvlm.recipes.models.hf_io import load_hf_into, vlm_config_from_hf
 
     tok = tiny_tokenizers[chat]
     img_id = tok.convert_tokens_to_ids("<image>")
@@ -144,7 +145,7 @@ def test_export_loads_in_transformers_matches_and_generates(megatron_single, tin
     cfg.decoder.vocab_size = cfg.decoder.hf_vocab_size = len(tok)
     torch.manual_seed(4)
     model = build_vlm(cfg, ParallelConfig()).eval()
-    out = export_llava_hf(gather_full_state(model), cfg, tok, tmp_path / "hf", dtype=torch.float32)
+    out = export_hf(gather_full_state(model), cfg, tok, tmp_path / "hf", dtype=torch.float32)
     hf, info = LlavaForConditionalGeneration.from_pretrained(out, output_loading_info=True)
     assert not info["missing_keys"] and not info["unexpected_keys"]
     proc = AutoProcessor.from_pretrained(out)
@@ -168,7 +169,6 @@ def test_export_loads_in_transformers_matches_and_generates(megatron_single, tin
 def test_qwen25_vit_tower_imports_and_runs(megatron_single, tiny_hf_configs):
     from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import Qwen2_5_VisionTransformerPretrainedModel
 
-    from ecomvlm.recipes.models.hf_io import check_exportable
 
     vcfg = tiny_hf_configs["qwen2_5_vit"]
     vcfg._attn_implementation = "sdpa"
@@ -190,8 +190,34 @@ def test_qwen25_vit_tower_imports_and_runs(megatron_single, tiny_hf_configs):
     assert ours.shape == ref.shape == (n_patches // 4, 64)  # 2x2 patch merger
     assert (ours - ref).abs().max().item() < TOL
     assert emb.shape == (n_patches // 4, 64)
-    with pytest.raises(NotImplementedError, match="Qwen2.5-VL vision tower"):
-        check_exportable(cfg)
+    from ecomvlm.recipes.models.hf_export import hf_kind
+
+    assert hf_kind(cfg) == "remote_code"
+
+
+@pytest.mark.parametrize("option, value", [("projector_hidden_act", "silu"), ("vision_feature_select_strategy", "default"),
+                                           ("vision_feature_layer", [-2, -1]), ("multimodal_projector_bias", False)])
+def test_llava_options_we_do_not_build_are_refused(tiny_hf_configs, tmp_path, option, value):
+    from ecomvlm.recipes.models.hf_io import vlm_config_from_hf
+
+    _hf_llava(tiny_hf_configs, "llama").config.save_pretrained(tmp_path)
+    import json
+
+    cfg = json.loads((tmp_path / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps({**cfg, option: value}))
+    with pytest.raises(ValueError, match=option):
+        vlm_config_from_hf(llava_path=tmp_path, image_token_id=IMG)
+
+
+@pytest.mark.parametrize("family, option, value", [("llama", "attention_bias", True), ("llama", "hidden_act", "gelu"),
+                                                   ("qwen3", "use_sliding_window", True),
+                                                   ("gemma3", "final_logit_softcapping", 30.0),
+                                                   ("siglip", "hidden_act", "quick_gelu")])
+def test_family_options_we_do_not_build_are_refused(tiny_hf_configs, family, option, value):
+    hf = tiny_hf_configs[family].__class__(**{**tiny_hf_configs[family].to_dict(), option: value})
+    convert = encoder_config_from_hf if family == "siglip" else decoder_config_from_hf
+    with pytest.raises(ValueError, match=option):
+        convert(hf)
 
 
 def test_import_errors_name_the_input(tmp_path, tiny_hf_configs):
@@ -204,3 +230,125 @@ def test_import_errors_name_the_input(tmp_path, tiny_hf_configs):
 
     with pytest.raises(ValueError, match="model_type 'mistral' is not supported"):
         decoder_config_from_hf(MistralConfig())
+
+
+def _anyres_cfg(tiny_hf_configs, tok, text="qwen3"):
+    from ecomvlm.recipes.models.encoders.siglip import SiglipConfig
+
+    enc = SiglipConfig.from_hf(tiny_hf_configs["siglip"])
+    import dataclasses
+
+    enc = dataclasses.replace(enc, image_mode="anyres", anyres_max_tiles=9)
+    cfg = VLMConfig(encoder=enc, decoder=decoder_config_from_hf(_text_config(tiny_hf_configs, text)),
+                    image_token_id=tok.convert_tokens_to_ids("<image>"))
+    cfg.decoder.vocab_size = cfg.decoder.hf_vocab_size = len(tok)
+    return cfg
+
+
+SIZES = [(100, 40), (40, 100), (64, 64), (300, 200), (33, 190)]  # (width, height); 300x200 takes the reduced grid
+
+
+def test_anyres_pipeline_equals_the_llava_onevision_processor(tiny_hf_configs, tiny_tokenizers):
+    from PIL import Image
+    from transformers.models.llava_onevision.image_processing_pil_llava_onevision import (
+        LlavaOnevisionImageProcessorPil,
+    )
+    from transformers.models.llava_onevision.processing_llava_onevision import LlavaOnevisionProcessor
+    from transformers.models.llava_onevision.video_processing_llava_onevision import LlavaOnevisionVideoProcessor
+
+    cfg = _anyres_cfg(tiny_hf_configs, tiny_tokenizers["chatml"])
+    spec = cfg.encoder.image_spec()
+    ip = LlavaOnevisionImageProcessorPil(size={"height": 32, "width": 32}, image_grid_pinpoints=cfg.encoder.pinpoints,
+                                         image_mean=[0.5] * 3, image_std=[0.5] * 3)
+    proc = LlavaOnevisionProcessor(image_processor=ip, tokenizer=tiny_tokenizers["chatml"],
+                                   video_processor=LlavaOnevisionVideoProcessor(), num_image_tokens=16,
+                                   vision_feature_select_strategy="full", image_token="<image>",
+                                   vision_aspect_ratio="anyres_max_9")
+    rng = torch.Generator().manual_seed(0)
+    imgs = [Image.fromarray((torch.rand(h, w, 3, generator=rng) * 255).byte().numpy()) for w, h in SIZES]
+    for img in imgs:  # single-image samples: AnyRes
+        ours = spec.process([img])
+        ref = proc(images=[img], text=["<image>"], return_tensors="pt")
+        assert ours["tokens"] == [int((ref["input_ids"] == proc.image_token_id).sum())]
+        assert torch.allclose(ours["pixel_values"], ref["pixel_values"][0, : ours["image_tiles"][0]], atol=1e-6)
+    ours = spec.process(imgs[:3])  # a multi-image sample: one padded-square view each
+    ref = proc(images=[imgs[:3]], text=["<image><image><image>"], return_tensors="pt")
+    assert ours["tokens"] == [17] * 3 == [int((ref["input_ids"] == proc.image_token_id).sum()) // 3] * 3
+    assert torch.allclose(ours["pixel_values"], ref["pixel_values"][:, 0], atol=1e-6)
+
+
+def test_anyres_model_exports_as_llava_onevision_and_matches_transformers(megatron_single, tiny_hf_configs,
+                                                                           tiny_tokenizers, tmp_path):
+    from PIL import Image
+    from transformers import AutoProcessor, LlavaOnevisionForConditionalGeneration
+
+    from ecomvlm.recipes.models.hf_export import export_hf
+    from ecomvlm.recipes.models.hf_io import load_hf_into, vlm_config_from_hf
+
+    tok = tiny_tokenizers["chatml"]
+    cfg = _anyres_cfg(tiny_hf_configs, tok)
+    torch.manual_seed(4)
+    model = _perturb_norms(build_vlm(cfg, ParallelConfig()).eval())
+    out = export_hf(gather_full_state(model), cfg, tok, tmp_path / "ov", dtype=torch.float32)
+    hf, info = LlavaOnevisionForConditionalGeneration.from_pretrained(out, output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"]
+    # the exported processor (transformers may pick its torchvision backend, whose resampling differs from PIL's by
+    # a few grey levels; the PIL backend equals our pipeline: the test above) feeds both models the same pixels
+    proc = AutoProcessor.from_pretrained(out)
+    spec = cfg.encoder.image_spec()
+    rng = torch.Generator().manual_seed(1)
+    imgs = [Image.fromarray((torch.rand(h, w, 3, generator=rng) * 255).byte().numpy()) for w, h in SIZES]
+    prompts = [([img], "<image>\nWhat is it?") for img in imgs] + [(imgs[:2], "<image>\n<image>\nSame item?")]
+    for images, q in prompts:
+        text = tok.apply_chat_template([{"role": "user", "content": q}], tokenize=False, add_generation_prompt=True)
+        inputs = proc(images=[images], text=[text], return_tensors="pt")
+        mine = spec.process(images)
+        assert int((inputs["input_ids"] == cfg.image_token_id).sum()) == sum(mine["tokens"])
+        pixels = torch.cat([inputs["pixel_values"][i, :n] for i, n in enumerate(mine["image_tiles"].tolist())])
+        with torch.no_grad():
+            ref = hf(**inputs).logits
+            ours = model(inputs["input_ids"], pixel_values=pixels, image_sizes=mine["image_sizes"],
+                         image_tiles=mine["image_tiles"]).float()
+        assert (ours - ref).abs().max().item() < 1e-4
+    assert hf.generate(**inputs, max_new_tokens=3, do_sample=False).shape[1] > inputs["input_ids"].shape[1]
+    again = build_vlm(vlm_config_from_hf(llava_path=out, image_token_id=cfg.image_token_id), ParallelConfig())
+    assert again.cfg.encoder.image_mode == "anyres" and load_hf_into(again, llava_path=out) == []
+    a, b = gather_full_state(model), gather_full_state(again)
+    assert set(a) == set(b) and all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize("decoder", ["tiny_llama", "tiny_qwen3", "tiny_gemma3"])
+def test_qwen25_vit_models_export_as_remote_code_and_match_transformers(megatron_single, tiny_tokenizers, tmp_path,
+                                                                         decoder):
+    import dataclasses
+
+    from PIL import Image
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    from ecomvlm.recipes.config import model_config
+    from ecomvlm.recipes.models.hf_export import export_hf
+    from ecomvlm.recipes.models.registry import resolve
+
+    tok = tiny_tokenizers["llama3"]
+    cfg = resolve(model_config(["model=tiny_qwen2_5_vit_llama", f"model/decoder={decoder}"]),
+                  image_token_id=tok.convert_tokens_to_ids("<image>"))
+    cfg = dataclasses.replace(cfg, decoder=dataclasses.replace(cfg.decoder, vocab_size=len(tok)))
+    torch.manual_seed(0)
+    model = _perturb_norms(build_vlm(cfg, ParallelConfig()).eval())
+    out = export_hf(gather_full_state(model), cfg, tok, tmp_path / "hf", dtype=torch.float32)
+    assert (out / "modeling_ecomvlm.py").is_file() and not (out / "__init__.py").exists()
+    hf = AutoModelForImageTextToText.from_pretrained(out, trust_remote_code=True).eval()
+    proc = AutoProcessor.from_pretrained(out, trust_remote_code=True)
+    text = tok.apply_chat_template([{"role": "user", "content": "<image>\n<image>\nWhat colour?"}], tokenize=False,
+                                   add_generation_prompt=True)
+    images = [Image.new("RGB", (70, 50), (200, 30, 30)), Image.new("RGB", (40, 90), (20, 30, 200))]
+    inputs = proc(images=images, text=[text], return_tensors="pt")
+    mine = cfg.encoder.image_spec().process(images)
+    assert torch.equal(mine["image_grid_thw"], inputs["image_grid_thw"])  # the data pipeline = the processor
+    assert torch.allclose(mine["pixel_values"], inputs["pixel_values"], atol=1e-5)
+    with torch.no_grad():
+        ref = hf(**inputs).logits
+        ours = model(inputs["input_ids"], pixel_values=inputs["pixel_values"],
+                     image_grid_thw=inputs["image_grid_thw"]).float()
+    assert (ours - ref).abs().max().item() < 1e-4
+    assert hf.generate(**inputs, max_new_tokens=3, do_sample=False).shape[1] > inputs["input_ids"].shape[1]

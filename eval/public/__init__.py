@@ -15,9 +15,11 @@ evaluate.py (ninglab/EcomMMMU) with the paper's two changes: at most 10 images p
 | mmmu       | lmms-lab/MMMU                    | validation | instance-level accuracy (MMMU's parser)               |
 | ecommmmu   | NingLab/EcomMMMU                 | test       | per-task accuracy / R@1, sample-weighted average      |
 
-Datasets are read from a local path (a `save_to_disk` folder, a folder of parquet/json files as on the Hub, or
-one such file) or from the HF cache by id (set HF_DATASETS_OFFLINE=1 on machines without internet). Nothing is
-downloaded by the tests. Every scorer counts the predictions it could not parse instead of dropping them.
+Datasets are read as published (eval/public/loading.py): a Hub snapshot (MMBench's en/ cn/ cc/ subset folders ->
+`subset`; split names in file names; CV-Bench's jsonl twins of its parquet files skipped), a `save_to_disk` folder,
+one file (eComMMMU's single file with a `split` column), or the HF cache by id. Nothing is downloaded by the tests.
+Every scorer counts the predictions it could not parse instead of dropping them; loaders report what they left
+out (other splits, other subsets, images over the cap).
 """
 
 from __future__ import annotations
@@ -26,8 +28,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from ecomvlm.eval.public.ecommmmu import ECOMMMMU_TASKS, ecommmmu_doc, ecommmmu_extract, score_ecommmmu
-from ecomvlm.eval.public.loading import _rgb, load_hf_split
+from ecomvlm.eval.public.ecommmmu import (
+    ECOMMMMU_SYSTEM,
+    ECOMMMMU_TASKS,
+    ecommmmu_doc,
+    ecommmmu_extract,
+    ecommmmu_in_subset,
+    ecommmmu_options,
+    score_ecommmmu,
+)
+from ecomvlm.eval.public.loading import _rgb, load_hf_split, load_split
 from ecomvlm.eval.public.mmbench import mcq_extract, mmbench_prompt, score_mmbench
 from ecomvlm.eval.public.mmmu import mmmu_images, mmmu_prompt, score_mmmu
 from ecomvlm.eval.public.single_image import (
@@ -44,7 +54,8 @@ from ecomvlm.eval.public.single_image import (
 )
 
 __all__ = ["ECOMMMMU_TASKS", "PUBLIC", "PublicBenchmark", "ecommmmu_extract", "load_hf_split", "load_public",
-           "mcq_extract", "score_mme", "score_public"]
+           "load_public_with_info", "mcq_extract", "score_mme", "score_public"]
+
 
 @dataclass(frozen=True)
 class PublicBenchmark:
@@ -57,6 +68,8 @@ class PublicBenchmark:
     id: Callable[[dict[str, Any]], str]
     score: Callable[[list[dict[str, Any]], list[str]], dict[str, Any]]
     max_new_tokens: int = 16
+    subset: str | None = None  # the Hub subset (config) lmms-eval loads, e.g. MMBench's "en"
+    system: str | None = None  # a system turn the reference sends
 
 
 def _one_image(doc):
@@ -65,7 +78,7 @@ def _one_image(doc):
 
 PUBLIC: dict[str, PublicBenchmark] = {b.name: b for b in [
     PublicBenchmark("mmbench", "lmms-lab/MMBench", "dev", mmbench_prompt, _one_image, lambda d: d["answer"],
-                    lambda d: str(d["index"]), score_mmbench),
+                    lambda d: str(d["index"]), score_mmbench, subset="en"),
     PublicBenchmark("mme", "lmms-lab/MME", "test", mme_prompt, _one_image, lambda d: d["answer"],
                     lambda d: f"{d['question_id']}|{d['question']}", score_mme),
     PublicBenchmark("mmstar", "Lin-Chen/MMStar", "val", mmstar_prompt, _one_image, lambda d: d["answer"],
@@ -80,31 +93,69 @@ PUBLIC: dict[str, PublicBenchmark] = {b.name: b for b in [
                     lambda d: d["answer"], lambda d: d["id"], score_mmmu, max_new_tokens=128),
     PublicBenchmark("ecommmmu", "NingLab/EcomMMMU", "test", lambda d: ecommmmu_doc(d)[0],
                     lambda d: ecommmmu_doc(d)[1], lambda d: ecommmmu_doc(d)[2],
-                    lambda d: str(d.get("id", d.get("idx", ""))), score_ecommmmu),
+                    lambda d: str(d["id"]) if d.get("id") is not None else "", score_ecommmmu,
+                    system=ECOMMMMU_SYSTEM),
 ]}
+IMAGE_COLUMNS = ("image", "images")
 
 
-def load_public(name: str, path: str | Path | None = None, *, split: str | None = None,
-                limit: int | None = None) -> list[dict[str, Any]]:
-    """Records {id, prompt, images (PIL), answer, doc} of a public benchmark; `doc` keeps the other fields."""
+def load_public_with_info(name: str, path: str | Path | None = None, *, split: str | None = None,
+                          limit: int | None = None, options: dict[str, Any] | None = None
+                          ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Records {id, task, prompt, images (PIL), answer, doc, system, max_new_tokens} of a public benchmark, and
+    what was read ({source, rows, ...}: files, rows of other splits / subsets left out, images over the cap).
+    `options`: eComMMMU's setting (subset, images, max_images; see eval/public/ecommmmu.py)."""
     if name not in PUBLIC:
         raise ValueError(f"unknown public benchmark {name!r}; known: {sorted(PUBLIC)}")
+    if options and name != "ecommmmu":
+        raise ValueError(f"{name} takes no options (got {sorted(options)}); only ecommmmu does")
     b = PUBLIC[name]
-    ds = load_hf_split(path or b.dataset, split or b.split)
+    loaded = load_split(path or b.dataset, split or b.split, subset=b.subset)
+    ds = loaded.ds
+    info: dict[str, Any] = {"source": loaded.source}
+    rows = range(len(ds))
+    if name == "ecommmmu":
+        opts = ecommmmu_options(options)
+        info["setting"] = opts
+        if opts["subset"] != "gts":
+            if "is_vc" not in ds.column_names:
+                ecommmmu_in_subset({}, opts["subset"])  # raises, naming the fix
+            flags = ds["is_vc"]
+            rows = [i for i, f in enumerate(flags) if f]
+            info["subset_left_out"] = len(ds) - len(rows)
+            info["is_vc_missing"] = sum(f is None for f in flags)
     if limit:
-        n = min(limit, len(ds))
+        n = min(limit, len(rows))
         if name == "mme":  # MME scores image pairs: a limit never cuts one
             qid = ds.select_columns(["question_id"])["question_id"]
             while 0 < n < len(qid) and qid[n] == qid[n - 1]:
                 n += 1
-        ds = ds.select(range(n))
+        info["limit_left_out"] = len(rows) - n
+        rows = list(rows)[:n]
     out = []
-    for i, doc in enumerate(ds):
-        images = [_rgb(im) for im in b.images(doc)]
-        slim = {k: v for k, v in doc.items() if not (k == "image" or k.startswith("image_") or k == "images")}
-        out.append({"id": b.id(doc) or str(i), "task": name, "prompt": b.prompt(doc), "images": images,
-                    "answer": b.answer(doc), "doc": slim, "max_new_tokens": b.max_new_tokens})
-    return out
+    dropped = 0
+    for i in rows:
+        doc = ds[i]
+        if name == "ecommmmu":
+            prompt, raw_images, answer, n_drop = ecommmmu_doc(doc, info["setting"])
+            dropped += n_drop
+        else:
+            prompt, raw_images, answer = b.prompt(doc), b.images(doc), b.answer(doc)
+        images = [_rgb(im, loaded.root) for im in raw_images]
+        slim = {k: v for k, v in doc.items() if not (k in IMAGE_COLUMNS or k.startswith("image_"))}
+        rid = b.id(doc) or (f"{doc['task']}/{i}" if name == "ecommmmu" else str(i))
+        out.append({"id": rid, "task": name, "prompt": prompt, "images": images, "answer": answer, "doc": slim,
+                    "system": b.system, "max_new_tokens": b.max_new_tokens})
+    if name == "ecommmmu":
+        info["images_over_cap"] = dropped
+    info["n"] = len(out)
+    return out, info
+
+
+def load_public(name: str, path: str | Path | None = None, *, split: str | None = None,
+                limit: int | None = None, options: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    """The records of :func:`load_public_with_info`."""
+    return load_public_with_info(name, path, split=split, limit=limit, options=options)[0]
 
 
 def score_public(name: str, records: list[dict[str, Any]], preds: list[str], *,

@@ -34,22 +34,80 @@ def ecommmmu_extract(task: str, response: str) -> str:
     return (m.group(1) or m.group(2)) if m else ""
 
 
-def ecommmmu_doc(doc: dict[str, Any]) -> tuple[str, list[Any], str]:
-    """(prompt, images capped at 10, label) from the HF record (conversations or instruction/input fields)."""
+ECOMMMMU_SYSTEM = "You are a helpful shopping assistant."  # the authors' system turn (inference.py)
+# subsets of the test split: gts = every test sample (the paper's Table 5), vc = the visual-critical ones (is_vc)
+ECOMMMMU_SUBSETS = ("gts", "vc")
+# images per sample: all = every image of every product in order (the paper's multi-image input), main = each
+# product's first image (the authors' single-image-per-product input)
+ECOMMMMU_IMAGE_MODES = ("all", "main")
+ECOMMMMU_DEFAULTS = {"subset": "gts", "images": "all", "max_images": ECOMMMMU_MAX_IMAGES}
+
+
+def ecommmmu_options(options: dict[str, Any] | None) -> dict[str, Any]:
+    """The eComMMMU setting (defaults: the paper's Table 5), checked."""
+    opts = {**ECOMMMMU_DEFAULTS, **(options or {})}
+    unknown = sorted(set(opts) - set(ECOMMMMU_DEFAULTS))
+    if unknown:
+        raise ValueError(f"unknown eComMMMU options {unknown}; known: {sorted(ECOMMMMU_DEFAULTS)}")
+    if opts["subset"] not in ECOMMMMU_SUBSETS:
+        raise ValueError(f"eComMMMU subset {opts['subset']!r}: choose {' or '.join(ECOMMMMU_SUBSETS)}")
+    if opts["images"] not in ECOMMMMU_IMAGE_MODES:
+        raise ValueError(f"eComMMMU images {opts['images']!r}: choose {' or '.join(ECOMMMMU_IMAGE_MODES)}")
+    if not isinstance(opts["max_images"], int) or opts["max_images"] < 0:
+        raise ValueError(f"eComMMMU max_images {opts['max_images']!r}: a count >= 0")
+    return opts
+
+
+def ecommmmu_in_subset(doc: dict[str, Any], subset: str) -> bool:
+    if subset == "gts":
+        return True
+    if "is_vc" not in doc:
+        raise ValueError("the eComMMMU vc subset needs the authors' `is_vc` column, which this copy lacks; use the "
+                         "published file (NingLab/EcomMMMU) or --ecommmmu-subset gts")
+    return bool(doc["is_vc"])
+
+
+def ecommmmu_images(doc: dict[str, Any], mode: str = "all") -> list[Any]:
+    """The sample's images in product order. The authors' `images` is one image list per product; a flat list
+    (the authors' downstream files, `image`) counts as one image per product."""
+    raw = doc.get("images") if doc.get("images") is not None else doc.get("image")
+    if raw is None:
+        return []
+    if not isinstance(raw, (list, tuple)):
+        raw = [raw]
+    out: list[Any] = []
+    for product in raw:
+        if isinstance(product, (list, tuple)):
+            out += [im for im in (product[:1] if mode == "main" else product) if im is not None]
+        elif product is not None:
+            out.append(product)
+    return out
+
+
+def ecommmmu_doc(doc: dict[str, Any], options: dict[str, Any] | None = None) -> tuple[str, list[Any], str, int]:
+    """(prompt, images, label, images dropped by the cap) from an authors' record.
+
+    The prompt is the authors' text, ``instruction + input`` joined as they do (no separator), or the human turn of
+    their downstream `conversations` files with its <image> tokens removed; the images follow the text, as in the
+    authors' chat (text part first, then one image part per image), capped at `max_images` (the paper: 10)."""
+    opts = ecommmmu_options(options)
     if doc.get("conversations"):
-        prompt = doc["conversations"][0]["value"]
+        text = doc["conversations"][0]["value"].replace(IMAGE_TOKEN, "").strip()
+    elif "instruction" in doc:
+        text = str(doc["instruction"]) + str(doc.get("input") or "")
     else:
-        prompt = "\n".join(str(doc[k]) for k in ("instruction", "input", "options") if doc.get(k))
-    images = doc.get("images") if doc.get("images") is not None else doc.get("image")
-    images = [im for im in (images if isinstance(images, list) else [images] if images is not None else [])]
-    images = images[:ECOMMMMU_MAX_IMAGES]
-    prompt = prompt.replace(IMAGE_TOKEN, "").strip()  # the runner places the kept images itself
+        raise ValueError("an eComMMMU record needs `instruction` (+ `input`) or `conversations`; this one has "
+                         f"{sorted(doc)}")
+    images = ecommmmu_images(doc, opts["images"])
+    kept = images[:opts["max_images"]]
     label = doc.get("output", doc.get("answer"))
-    if isinstance(label, list):  # conversation datasets keep the label in the second turn
+    if isinstance(label, list):
         label = label[0]
     if label is None and doc.get("conversations") and len(doc["conversations"]) > 1:
         label = doc["conversations"][1]["value"]
-    return prompt, images, str(label)
+    if label is None:
+        raise ValueError("an eComMMMU record without a label (`output`); the test rows of the published file have one")
+    return text + IMAGE_TOKEN * len(kept), kept, str(label), len(images) - len(kept)
 
 
 def score_ecommmmu(records: list[dict[str, Any]], preds: list[str]) -> dict[str, Any]:

@@ -80,7 +80,7 @@ def mmmu_parse_open(response: str) -> list[Any]:
         for ind in indicators:
             if ind in sub:
                 tail = sub.split(ind)[-1].strip()
-                if best is None or len(tail) < len(best):
+                if not best or len(tail) < len(best):  # an empty tail never wins (MMMU's `if not shortest`)
                     best = tail
         if best and best.strip() not in [":", ",", ".", "!", "?", ";", "'"]:
             keys.append(best)

@@ -1,26 +1,23 @@
-"""HF directories in and out of the megatron VLM.
+"""HF checkpoints into the megatron VLM (recipes/models/hf_export.py writes them).
 
-Import (:func:`load_hf_into`): from a LLaVA-format directory (what :func:`export_llava_hf` writes, or any
-``LlavaForConditionalGeneration`` checkpoint of a supported combo), or from separate backbone directories (a
-vision checkpoint + an LLM checkpoint; the projector then keeps its random init) - the paper's starting point.
-Works at any TP/PP: each rank loads only its slice. Names and layouts come from each family's declarative
-mapping (recipes/models/mapping.py); where the towers sit in a checkpoint is found from anchor tensors.
-
-Export (:func:`export_llava_hf`): a full megatron state -> an HF ``LlavaForConditionalGeneration`` directory
-(safetensors, config, tokenizer with chat template, SigLIP image processor, LlavaProcessor) that
-``transformers`` loads and ``vllm serve`` accepts.
+Import (:func:`load_hf_into`): from a LLaVA / LLaVA-OneVision directory (what ``ecomvlm export`` writes, or any
+checkpoint of a supported combination), or from separate backbone directories (a vision checkpoint + an LLM
+checkpoint; the projector then keeps its random init) - the paper's starting point. Works at any TP/PP: each rank
+loads only its slice. Names and layouts come from each family's declarative mapping (recipes/models/mapping.py);
+where the towers sit in a checkpoint is found from anchor tensors.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from pathlib import Path
 
 import torch
 
 from ecomvlm.data_modules.chat_templates import IMAGE_TOKEN
-from ecomvlm.recipes.models.mapping import Rule, Tensors, find_prefix, prefixed, to_hf, to_megatron
+from ecomvlm.recipes.models.mapping import Direct, Rule, Tensors, find_prefix, prefixed, to_hf, to_megatron
 from ecomvlm.recipes.models.registry import (
     VLMConfig,
     decoder_config_from_hf,
@@ -86,6 +83,9 @@ def _found_prefixes(cfg: VLMConfig, decoder_sd: Tensors | None, encoder_sd: Tens
     if projector_sd is not None:
         body = find_prefix(projector_sd, "multi_modal_projector.linear_1.weight", "LLaVA projector")
         rules += projector_rules(cfg, body + "multi_modal_projector.")
+        if cfg.encoder.uses_image_newline:
+            rules.append(Direct("image_newline", hf=find_prefix(projector_sd, "image_newline", "image_newline") +
+                                "image_newline"))
     return rules
 
 
@@ -103,11 +103,35 @@ def hf_to_megatron(cfg: VLMConfig, decoder_sd: Tensors, encoder_sd: Tensors | No
 
 
 def megatron_to_llava(full: Tensors, cfg: VLMConfig) -> Tensors:
-    """Full megatron state -> HF LlavaForConditionalGeneration tensors (transformers 5 names)."""
+    """Full megatron state -> HF LlavaForConditionalGeneration / LlavaOnevisionForConditionalGeneration tensors
+    (transformers 5 names)."""
     p = LLAVA_PREFIXES
     rules = [*decoder_rules(cfg, p["text"], p["head"]), *encoder_rules(cfg, p["vision"]),
              *projector_rules(cfg, p["projector"])]
+    if cfg.encoder.uses_image_newline:
+        rules.append(Direct("image_newline", hf="model.image_newline"))
     return to_hf(rules, full)
+
+
+LLAVA_TYPES = ("llava", "llava_onevision")
+
+
+def check_llava_config(hf, where) -> None:
+    """Refuse LLaVA options the composed model does not implement (importing them would silently change the model)."""
+    if hf.model_type not in LLAVA_TYPES:
+        raise ValueError(f"{where}: model_type {hf.model_type!r} is not a LLaVA checkpoint (expected one of "
+                         f"{LLAVA_TYPES})")
+    expected = {"projector_hidden_act": "gelu", "vision_feature_select_strategy": "full",
+                "multimodal_projector_bias": True}
+    if hf.model_type == "llava_onevision" and not re.fullmatch(r"anyres_max_\d+", hf.vision_aspect_ratio or ""):
+        raise ValueError(f"{where}: vision_aspect_ratio={hf.vision_aspect_ratio!r} is not supported (anyres_max_N)")
+    bad = {k: getattr(hf, k) for k, v in expected.items() if getattr(hf, k, v) != v}
+    if not isinstance(hf.vision_feature_layer, int):
+        bad["vision_feature_layer"] = hf.vision_feature_layer
+    if bad:
+        raise ValueError(f"{where}: LLaVA options {bad} are not supported (the composed model has an mlp2x_gelu "
+                         f"projector with biases and exact GELU, reads every token of one vision layer: "
+                         f"{expected}, vision_feature_layer=<one int>)")
 
 
 def vlm_config_from_hf(llava_path=None, decoder_path=None, encoder_path=None, *, image_token_id: int,
@@ -115,8 +139,12 @@ def vlm_config_from_hf(llava_path=None, decoder_path=None, encoder_path=None, *,
     """A VLMConfig whose dimensions come from HF config.json files (no weights read)."""
     if llava_path is not None:
         hf = read_hf_config(llava_path)
-        return VLMConfig(encoder=encoder_config_from_hf(hf, feature_layer=getattr(hf, "vision_feature_layer", -1)),
-                         decoder=decoder_config_from_hf(hf, tp=tp), image_token_id=image_token_id)
+        check_llava_config(hf, llava_path)
+        enc = encoder_config_from_hf(hf, feature_layer=hf.vision_feature_layer)
+        if hf.model_type == "llava_onevision":
+            enc = dataclasses.replace(enc, image_mode="anyres", grid_pinpoints=[list(p) for p in hf.image_grid_pinpoints],
+                                      anyres_max_tiles=int(hf.vision_aspect_ratio.rsplit("_", 1)[1]))
+        return VLMConfig(encoder=enc, decoder=decoder_config_from_hf(hf, tp=tp), image_token_id=image_token_id)
     if decoder_path is None or encoder_path is None:
         raise ValueError("give either llava_path, or both decoder_path and encoder_path")
     return VLMConfig(encoder=encoder_config_from_hf(read_hf_config(encoder_path), feature_layer=feature_layer),
@@ -136,75 +164,3 @@ def load_hf_into(model, *, llava_path=None, decoder_path=None, encoder_path=None
         enc_sd = read_hf_state_dict(encoder_path) if encoder_path is not None else None
         full = hf_to_megatron(cfg, read_hf_state_dict(decoder_path), enc_sd, None)
     return shard_into(model, full)
-
-
-# ---------------------------------------------------------------------------------------------------------
-# writing
-# ---------------------------------------------------------------------------------------------------------
-def save_safetensors(tensors: Tensors, out: Path) -> None:
-    """model.safetensors, or shards of at most MAX_SHARD_BYTES with the HF index file."""
-    from safetensors.torch import save_file
-
-    shards: list[Tensors] = [{}]
-    size = 0
-    for name in sorted(tensors):
-        t = tensors[name].contiguous()
-        nbytes = t.numel() * t.element_size()
-        if shards[-1] and size + nbytes > MAX_SHARD_BYTES:
-            shards.append({})
-            size = 0
-        shards[-1][name] = t
-        size += nbytes
-    if len(shards) == 1:
-        save_file(shards[0], str(out / "model.safetensors"), metadata={"format": "pt"})
-        return
-    weight_map = {}
-    for i, shard in enumerate(shards, 1):
-        fname = f"model-{i:05d}-of-{len(shards):05d}.safetensors"
-        save_file(shard, str(out / fname), metadata={"format": "pt"})
-        weight_map.update({k: fname for k in shard})
-    total = sum(t.numel() * t.element_size() for t in tensors.values())
-    (out / "model.safetensors.index.json").write_text(
-        json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2))
-
-
-def check_exportable(cfg: VLMConfig) -> None:
-    """Fail before any weight is read if this combination has no HF LLaVA form."""
-    if not cfg.encoder.llava_vision_tower:
-        raise NotImplementedError(
-            f"HF export of {cfg.encoder.family} x {cfg.decoder.family} is not available: transformers pairs the "
-            f"Qwen2.5-VL vision tower only with Qwen2 decoders (Qwen2_5_VLForConditionalGeneration), and LLaVA "
-            f"takes SigLIP/CLIP towers. Use a SigLIP-family encoder for an exportable model.")
-
-
-def export_llava_hf(full: Tensors, cfg: VLMConfig, tokenizer, out_dir: str | Path,
-                    dtype: torch.dtype = torch.bfloat16) -> Path:
-    """Write an HF LlavaForConditionalGeneration directory from a full (gathered) megatron state."""
-    from transformers import GenerationConfig, LlavaConfig, LlavaProcessor
-    from transformers.models.siglip.image_processing_pil_siglip import SiglipImageProcessorPil
-
-    check_exportable(cfg)
-    enc = cfg.encoder
-    if tokenizer.convert_tokens_to_ids(IMAGE_TOKEN) != cfg.image_token_id:
-        raise ValueError(f"tokenizer maps {IMAGE_TOKEN!r} to {tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)}, but the "
-                         f"model was trained with image_token_id={cfg.image_token_id}")
-    llava = LlavaConfig(vision_config=enc.to_hf(), text_config=cfg.decoder.to_hf(),
-                        image_token_index=cfg.image_token_id, projector_hidden_act="gelu", vision_feature_layer=-1,
-                        vision_feature_select_strategy="full", image_seq_length=enc.tokens_per_image,
-                        tie_word_embeddings=cfg.decoder.tie_word_embeddings)
-    llava.architectures = ["LlavaForConditionalGeneration"]
-    llava.torch_dtype = dtype
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    save_safetensors({k: v.to(dtype) for k, v in megatron_to_llava(full, cfg).items()}, out)
-    llava.save_pretrained(out)
-    eos = tokenizer.convert_tokens_to_ids(tokenizer.eos_token) if tokenizer.eos_token else None
-    GenerationConfig(eos_token_id=eos, pad_token_id=tokenizer.pad_token_id, do_sample=False).save_pretrained(out)
-    image_processor = SiglipImageProcessorPil(size={"height": enc.image_size, "width": enc.image_size},
-                                              image_mean=list(enc.image_mean), image_std=list(enc.image_std))
-    processor = LlavaProcessor(image_processor=image_processor, tokenizer=tokenizer, patch_size=enc.patch_size,
-                               vision_feature_select_strategy="full", image_token=IMAGE_TOKEN,
-                               num_additional_image_tokens=0, chat_template=tokenizer.chat_template)
-    processor.save_pretrained(out)
-    (out / "ecomvlm_export.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2, default=str))
-    return out

@@ -54,7 +54,7 @@ def _belongs_to_other_stage(name: str, model) -> bool:
     if m:
         first, n = _layer_offset(model), len(model.language_model.decoder.layers)
         return not first <= int(m.group(2)) < first + n
-    if name.startswith((VIS, PROJ, LM + "embedding.")):
+    if name.startswith((VIS, PROJ, LM + "embedding.", "image_newline")):
         return not model.pre_process
     if name.startswith((LM + "output_layer.", LM + "decoder.final_layernorm.")):
         return not model.post_process

@@ -20,7 +20,6 @@ from megatron.core.transformer.module import MegatronModule
 
 from ecomvlm.recipes.models.decoders.gpt import te_available
 from ecomvlm.recipes.models.parallel import ParallelConfig, ParallelConfigError, validate_parallel
-from ecomvlm.recipes.models.precision import pad_image_tokens_to
 from ecomvlm.recipes.models.registry import VLMConfig
 
 
@@ -43,12 +42,15 @@ class EcomVLM(MegatronModule):
         self.language_model = language_model
         self.cfg = cfg
         self.pre_process, self.post_process = pre_process, post_process
-        self.pad_image_tokens_to = pad_image_tokens_to(overrides.get("fp8"))
         self.model_type = self.language_model.model_type  # read by megatron's schedules
         self.sequence_parallel = parallel.sequence_parallel
         if pre_process:
             self.vision_model = cfg.encoder.build(parallel, params_dtype)
             self.vision_projection = cfg.projector.build(cfg.decoder, cfg.encoder.output_size, parallel, params_dtype)
+            if cfg.encoder.uses_image_newline:  # LLaVA-OneVision's learned row separator, replicated over TP
+                h = cfg.decoder.hidden_size
+                self.image_newline = torch.nn.Parameter(torch.randn(h, dtype=params_dtype) / h ** 0.5)
+                self.image_newline.average_gradients_across_tp_domain = True
         else:
             self.vision_model = self.vision_projection = None
 
@@ -66,18 +68,16 @@ class EcomVLM(MegatronModule):
             input_tensor = input_tensor[0]
         self.language_model.set_input_tensor(input_tensor)
 
-    def encode_images(self, pixel_values: torch.Tensor, image_grid_thw: torch.Tensor | None = None) -> torch.Tensor:
-        """Images -> projected embeddings, flattened to [n_image_tokens_total, llm_hidden]."""
+    def encode_images(self, pixel_values: torch.Tensor, image_grid_thw: torch.Tensor | None = None,
+                      image_sizes: torch.Tensor | None = None, image_tiles: torch.Tensor | None = None) -> torch.Tensor:
+        """Images -> projected embeddings in token order, [n_image_tokens_total, llm_hidden]."""
         feats = self.cfg.encoder.features(self.vision_model, pixel_values, image_grid_thw)  # [groups, tokens, h]
-        n_tok = feats.shape[1]
-        pad = -n_tok % self.pad_image_tokens_to
-        if pad:  # e.g. SigLIP's 729 tokens -> 736 under FP8; the padding is dropped after the projector
-            feats = torch.nn.functional.pad(feats, (0, 0, 0, pad))
-        proj = self.vision_projection(feats.transpose(0, 1).contiguous())  # projector works on [s, b, h]
-        return proj[:n_tok].transpose(0, 1).reshape(-1, proj.shape[-1])
+        proj = self.vision_projection(feats.transpose(0, 1).contiguous()).transpose(0, 1)  # projector: [s, b, h]
+        return self.cfg.encoder.pack(proj, image_sizes, image_tiles, getattr(self, "image_newline", None))
 
     def embed(self, input_ids: torch.Tensor, position_ids: torch.Tensor, pixel_values: torch.Tensor | None,
-              image_grid_thw: torch.Tensor | None = None) -> torch.Tensor:
+              image_grid_thw: torch.Tensor | None = None, image_sizes: torch.Tensor | None = None,
+              image_tiles: torch.Tensor | None = None) -> torch.Tensor:
         """Text embeddings with image embeddings scattered into the <image> positions -> [s, b, h]."""
         emb = self.language_model.embedding(input_ids=input_ids, position_ids=position_ids)  # [s, b, h]
         scale = self.cfg.decoder.embedding_multiplier()
@@ -86,7 +86,7 @@ class EcomVLM(MegatronModule):
         is_image = input_ids == self.cfg.image_token_id
         n_slots = int(is_image.sum())
         if pixel_values is not None:
-            img = self.encode_images(pixel_values, image_grid_thw).to(emb.dtype)
+            img = self.encode_images(pixel_values, image_grid_thw, image_sizes, image_tiles).to(emb.dtype)
             if img.shape[0] != n_slots:
                 raise ValueError(
                     f"mismatched image tokens: the batch has {n_slots} <image> tokens (id {self.cfg.image_token_id}) "
@@ -106,10 +106,12 @@ class EcomVLM(MegatronModule):
     def forward(self, input_ids: torch.Tensor, position_ids: torch.Tensor | None = None,
                 pixel_values: torch.Tensor | None = None, image_grid_thw: torch.Tensor | None = None,
                 labels: torch.Tensor | None = None, packed_seq_params=None, attention_mask=None,
-                runtime_gather_output: bool | None = None) -> torch.Tensor:
+                runtime_gather_output: bool | None = None, image_sizes: torch.Tensor | None = None,
+                image_tiles: torch.Tensor | None = None) -> torch.Tensor:
         if position_ids is None:
             position_ids = torch.arange(input_ids.shape[1], device=input_ids.device).unsqueeze(0).expand_as(input_ids)
-        decoder_input = self.embed(input_ids, position_ids, pixel_values, image_grid_thw) if self.pre_process else None
+        decoder_input = (self.embed(input_ids, position_ids, pixel_values, image_grid_thw, image_sizes, image_tiles)
+                         if self.pre_process else None)
         return self.language_model(input_ids, position_ids, attention_mask=attention_mask, decoder_input=decoder_input,
                                    labels=labels, packed_seq_params=packed_seq_params,
                                    runtime_gather_output=runtime_gather_output)

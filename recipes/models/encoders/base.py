@@ -62,8 +62,20 @@ class EncoderConfig:
 
     def features(self, tower: torch.nn.Module, pixel_values: torch.Tensor,
                  image_grid_thw: torch.Tensor | None) -> torch.Tensor:
-        """Images -> [n_groups, tokens, output_size] (a group: one image, or all images of a packed sequence)."""
+        """Images -> [n_groups, tokens, output_size] (a group: one view of an image, or all images of a packed
+        sequence)."""
         raise NotImplementedError
+
+    @property
+    def uses_image_newline(self) -> bool:
+        """The model learns an image-newline embedding that :meth:`pack` places between rows of image features."""
+        return False
+
+    def pack(self, projected: torch.Tensor, image_sizes: torch.Tensor | None, image_tiles: torch.Tensor | None,
+             newline: torch.Tensor | None) -> torch.Tensor:
+        """Projected features of every view [n_groups, tokens, llm_hidden] -> the LLM tokens of all images in
+        order [n_image_tokens, llm_hidden] (what the data pipeline made room for)."""
+        return projected.reshape(-1, projected.shape[-1])
 
     def mapping(self) -> list[Rule]:
         """Tower module names <-> HF names below the vision model prefix."""

@@ -7,6 +7,7 @@ the layers up to ``feature_layer`` are (LLaVA-OneVision drops SigLIP's last laye
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from functools import partial
 from typing import Any, ClassVar
@@ -21,18 +22,52 @@ from ecomvlm.recipes.models.mapping import QKV, Direct, ExportOnly, Rule
 from ecomvlm.recipes.models.parallel import ParallelConfig
 
 
+IMAGE_MODES = ("fixed", "anyres")
+
+
 @dataclass
 class SiglipConfig(EncoderConfig):
     family: str = "siglip"
     image_size: int = 384
+    # fixed: one image_size view per image | anyres: LLaVA-OneVision's AnyRes (anyres_max_<anyres_max_tiles>): a lone
+    # image is seen as a base view + a grid of tiles (unpadded, newline-separated rows, reduced past the max); each
+    # image of a multi-image sample as one padded-square view
+    image_mode: str = "fixed"
+    anyres_max_tiles: int = 9
+    grid_pinpoints: list[list[int]] | None = None  # (height, width) grids; None: 1x1 ... 6x6 tiles of image_size
 
     hf_model_types: ClassVar[tuple[str, ...]] = ("siglip_vision_model", "siglip")
     hf_anchor: ClassVar[str] = "embeddings.patch_embedding.weight"
     llava_vision_tower: ClassVar[bool] = True
 
     @property
+    def grid_size(self) -> int:
+        """Pixels the patches cover: HF's stride-`patch` convolution leaves the last image_size % patch pixels
+        unused (so-400m 384/14: a 27 x 27 grid over 378 px)."""
+        return self.image_size // self.patch_size * self.patch_size
+
+    @property
     def tokens_per_image(self) -> int:
         return (self.image_size // self.patch_size) ** 2
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.image_mode not in IMAGE_MODES:
+            raise ValueError(f"model.encoder.image_mode={self.image_mode!r}; choose one of {IMAGE_MODES}")
+        bad = [p for p in self.pinpoints if len(p) != 2 or p[0] % self.image_size or p[1] % self.image_size]
+        if bad:
+            raise ValueError(f"model.encoder.grid_pinpoints {bad} must be (height, width) multiples of image_size "
+                             f"{self.image_size}")
+
+    @property
+    def pinpoints(self) -> list[list[int]]:
+        from ecomvlm.data_modules.preprocess import default_pinpoints
+
+        return [list(p) for p in (self.grid_pinpoints or default_pinpoints(self.image_size))]
+
+    @property
+    def uses_image_newline(self) -> bool:
+        return self.image_mode == "anyres"
 
     def check_parallel(self, tp: int) -> list[str]:
         if self.num_attention_heads % tp:
@@ -40,8 +75,9 @@ class SiglipConfig(EncoderConfig):
         return []
 
     def image_spec(self) -> ImageSpec:
-        return ImageSpec(mode="fixed", patch_size=self.patch_size, image_mean=tuple(self.image_mean),
-                         image_std=tuple(self.image_std), image_size=self.image_size)
+        return ImageSpec(mode=self.image_mode, patch_size=self.patch_size, image_mean=tuple(self.image_mean),
+                         image_std=tuple(self.image_std), image_size=self.image_size,
+                         grid_pinpoints=tuple(tuple(p) for p in self.pinpoints), max_tiles=self.anyres_max_tiles)
 
     def transformer_config(self, parallel: ParallelConfig, params_dtype=torch.float32):
         from megatron.core.transformer.transformer_config import TransformerConfig
@@ -53,7 +89,8 @@ class SiglipConfig(EncoderConfig):
             activation_func=partial(F.gelu, approximate="tanh"),  # SigLIP's gelu_pytorch_tanh
             tensor_model_parallel_size=parallel.tensor_model_parallel_size,
             pipeline_model_parallel_size=1,  # the encoder lives on the first pipeline stage only
-            sequence_parallel=parallel.sequence_parallel,
+            # never sequence-parallel: its 729-token sequences do not split over TP ranks; the weights stay TP-sharded
+            sequence_parallel=False,
             **{**runtime_config_kwargs(params_dtype), "persist_layer_norm": False})
 
     def build(self, parallel: ParallelConfig, params_dtype=torch.float32) -> torch.nn.Module:
@@ -73,12 +110,39 @@ class SiglipConfig(EncoderConfig):
             spec, norm = get_vit_layer_with_local_spec(), WrappedTorchNorm
         model = CLIPViTModel(self.transformer_config(parallel, params_dtype), spec, ln_pre_impl=norm,
                              ln_post_impl=norm, add_class_token=False, class_token_len=0, patch_dim=self.patch_size,
-                             img_h=self.image_size, img_w=self.image_size, model_subtype="siglip")
+                             img_h=self.grid_size, img_w=self.grid_size, model_subtype="siglip")
         model.ln_post = None  # the LLM reads the last used layer's output before SigLIP's post-LayerNorm
         return model
 
     def features(self, tower, pixel_values, image_grid_thw=None):
-        return tower(pixel_values)  # [n_images, tokens, hidden]
+        g = self.grid_size  # the same computation as HF's convolution over the full image_size input
+        return tower(pixel_values[..., :g, :g])  # [n_images, tokens, hidden]
+
+    def pack(self, projected, image_sizes, image_tiles, newline):
+        """anyres: transformers' LlavaOnevision packing, view by view (base view first, then the unpadded grid with a
+        newline after each row, bilinearly reduced past anyres_max_tiles; a single view gets one newline)."""
+        if self.image_mode != "anyres":
+            return super().pack(projected, image_sizes, image_tiles, newline)
+        from transformers.models.llava_onevision.modeling_llava_onevision import (
+            get_anyres_image_grid_shape,
+            unpad_image,
+        )
+
+        side, out = self.image_size // self.patch_size, []
+        for views, size in zip(projected.split(image_tiles.tolist()), image_sizes.tolist()):
+            if views.shape[0] == 1:
+                out += [views[0], newline[None].to(views.dtype)]
+                continue
+            rows, cols = get_anyres_image_grid_shape(size, self.pinpoints, self.image_size)
+            grid = views[1:].view(rows, cols, side, side, -1).permute(4, 0, 2, 1, 3).contiguous()
+            grid = unpad_image(grid.flatten(1, 2).flatten(2, 3), size)  # [hidden, h, w]
+            _, h, w = grid.shape
+            ratio = math.sqrt(h * w / (self.anyres_max_tiles * side ** 2))
+            if ratio > 1.1:
+                grid = F.interpolate(grid[None], [int(h // ratio), int(w // ratio)], mode="bilinear")[0]
+            grid = torch.cat([grid, newline[:, None, None].expand(*grid.shape[:-1], 1).to(grid.dtype)], dim=-1)
+            out += [views[0], grid.flatten(1, 2).transpose(0, 1)]
+        return torch.cat(out)
 
     def mapping(self) -> list[Rule]:
         m, h, n = "decoder.layers.*.", "encoder.layers.*.", self.layers_used
