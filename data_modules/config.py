@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from omegaconf import MISSING
 
 TRUNCATION = ("skip", "truncate")
+OVER_BUDGET = ("auto", "drop_images", "downscale", "single_view")
 
 
 @dataclass
@@ -21,11 +22,17 @@ class DataConfig:
     num_workers: int = 2  # loader worker processes per rank
     truncation: str = "skip"  # too-long samples: skip (counted) | truncate (text only, never inside images)
     max_images: int = 12  # per sample; extra images are dropped with their placeholders (counted)
-    max_image_tokens: int | None = None  # per sample; native-resolution encoders downscale to fit, others drop images
+    max_image_tokens: int | None = None  # image tokens per sample (10+ image items must not blow up a step)
+    # past max_image_tokens: drop_images (the last ones, with their placeholders) | downscale (native resolution:
+    # shrink every image's pixel budget) | single_view (AnyRes: one base view instead of the grid) | auto: downscale
+    # for native resolution, single_view then drop_images for AnyRes, drop_images for fixed views; each one counted
+    over_budget: str = "auto"
 
     def __post_init__(self) -> None:
         if self.truncation not in TRUNCATION:
             raise ValueError(f"data.truncation={self.truncation!r}: choose one of {TRUNCATION}")
+        if self.over_budget not in OVER_BUDGET:
+            raise ValueError(f"data.over_budget={self.over_budget!r}: choose one of {OVER_BUDGET}")
         if self.max_images < 0:
             raise ValueError(f"data.max_images={self.max_images} must be >= 0")
         for name in ("micro_batch_size", "global_batch_size", "max_seq_length", "pack_window", "shuffle_buffer"):

@@ -241,6 +241,16 @@ def _drop_placeholders(conversations: list[dict[str, str]], keep: int) -> list[d
     return out
 
 
+def over_budget_policy(policy: str, mode: str) -> str:
+    """What happens to a sample whose images exceed data.max_image_tokens (images are dropped after it, if needed)."""
+    if policy == "auto":
+        return {"native": "downscale", "anyres": "single_view"}.get(mode, "drop_images")
+    allowed = {"downscale": ("native",), "single_view": ("anyres",)}.get(policy)
+    if allowed and mode not in allowed:
+        raise ValueError(f"data.over_budget={policy} needs an encoder in image mode {allowed[0]} (this one is {mode})")
+    return policy
+
+
 def build_sample(meta: dict[str, Any], image_bytes: list[bytes], tokenizer, fmt: ChatFormat, spec: ImageSpec,
                  cfg: DataConfig, image_token_id: int) -> Sample:
     """One shard sample -> token ids (image placeholders expanded) + loss mask + pixels. Raises SampleTooLong."""
@@ -254,22 +264,22 @@ def build_sample(meta: dict[str, Any], image_bytes: list[bytes], tokenizer, fmt:
     max_pixels, single_views = None, False
     budget = cfg.max_image_tokens
     if budget is not None and images and sum(spec.tokens([im.size for im in images])) > budget:
-        if spec.mode == "native":  # shrink every image's pixel budget until the sample fits
+        policy = over_budget_policy(cfg.over_budget, spec.mode)
+        if policy == "downscale":  # shrink every image's pixel budget until the sample fits
             max_pixels = spec.max_pixels
             while max_pixels > spec.min_pixels and sum(spec.tokens([im.size for im in images], max_pixels)) > budget:
                 max_pixels = int(max_pixels * 0.8)
             notes.append("downscaled")
-        else:
-            if spec.mode == "anyres" and len(images) == 1:  # the AnyRes grid does not fit: the single base view
-                single_views = True
-                notes.append("single_view")
-            keep = len(images)
-            while keep and sum(spec.tokens([im.size for im in images[:keep]], single_views=single_views)) > budget:
-                keep -= 1
-            if keep < len(images):
-                conversations = _drop_placeholders(conversations, keep)
-                images = images[:keep]
-                notes.append("images_capped")
+        if policy == "single_view":  # AnyRes: the base view instead of the grid
+            single_views = True
+            notes.append("single_view")
+        keep = len(images)
+        while keep and sum(spec.tokens([im.size for im in images[:keep]], max_pixels, single_views)) > budget:
+            keep -= 1
+        if keep < len(images):
+            conversations = _drop_placeholders(conversations, keep)
+            images = images[:keep]
+            notes.append("images_capped")
     proc = spec.process(images, max_pixels=max_pixels, single_views=single_views)
     tokens_per_image = iter(proc["tokens"])
     ids: list[int] = []

@@ -190,10 +190,10 @@ def test_truncation_policy(tiny_tokenizers):
 
 
 # ---------------------------------------------------------------- packing
-def _samples(tok, n=6):
+def _samples(tok, n=6, spec=SPEC, sizes=((40, 30),)):
     img_id = tok.convert_tokens_to_ids("<image>")
-    return [build_sample(_meta(1 + i % 2, "Red " * (i + 1)), [_png()] * (1 + i % 2), tok, get_chat_format("chatml"),
-                         SPEC, DataConfig(), img_id) for i in range(n)]
+    return [build_sample(_meta(1 + i % 2, "Red " * (i + 1)), [_png(size=sizes[i % len(sizes)])] * (1 + i % 2), tok,
+                         get_chat_format("chatml"), spec, DataConfig(), img_id) for i in range(n)]
 
 
 def test_packing_boundaries_positions_and_labels(tiny_tokenizers):
@@ -215,31 +215,35 @@ def test_packing_boundaries_positions_and_labels(tiny_tokenizers):
     assert m[0, 0, e0, s0] and not m[0, 0, e0, e0] and not m[0, 0, e0 - 1, s0]
 
 
-@pytest.mark.parametrize("model", ["tiny_siglip_qwen3", "tiny_siglip_gemma3"])
+@pytest.mark.parametrize("model", ["tiny_siglip_qwen3", "tiny_siglip_gemma3", "tiny_siglip_qwen3_anyres"])
 def test_packed_row_gives_the_same_losses_as_separate_samples(megatron_single, tiny_tokenizers, model):
     """The gold test of packing: one packed row == each sample alone (images, positions and masks all right).
-    Gemma3: samples longer than its sliding window (16 tokens here), so the window and packing masks combine."""
+    Gemma3: samples longer than its sliding window (16 tokens here), so the window and packing masks combine.
+    AnyRes: single-image samples of several aspect ratios (tiles, unpadding, newlines) beside multi-image ones."""
     from ecomvlm.recipes.config import model_config
     from ecomvlm.recipes.models.parallel import ParallelConfig
     from ecomvlm.recipes.models.registry import resolve
     from ecomvlm.recipes.models.vlm import build_vlm
 
     tok = tiny_tokenizers["chatml"]
-    cfg = resolve(model_config([f"model={model}", "model.encoder.image_size=32"]),
+    anyres = model.endswith("_anyres")
+    cfg = resolve(model_config([f"model={model.removesuffix('_anyres')}", "model.encoder.image_size=32",
+                                *(["model.encoder.image_mode=anyres"] if anyres else [])]),
                   image_token_id=tok.convert_tokens_to_ids("<image>"))
     torch.manual_seed(0)
     model = build_vlm(cfg, ParallelConfig()).eval()
-    samples = _samples(tok, 3)
-    [row] = first_fit(samples, 512)
+    samples = _samples(tok, 4 if anyres else 3, cfg.encoder.image_spec(), ((90, 40), (40, 30), (50, 150)))
+    [row] = first_fit(samples, 2048)
     packed = collate_rows([row], tok.pad_token_id)
     L = packed["input_ids"].shape[1]
     with torch.no_grad():
-        loss_packed = model(packed["input_ids"], packed["position_ids"], pixel_values=packed["pixel_values"],
-                            labels=packed["labels"], attention_mask=block_causal_mask(packed["cu_seqlens"], L))
+        images = {k: packed[k] for k in ("pixel_values", "image_sizes", "image_tiles")}
+        loss_packed = model(packed["input_ids"], packed["position_ids"], labels=packed["labels"],
+                            attention_mask=block_causal_mask(packed["cu_seqlens"], L), **images)
         for s, (a, b) in zip(samples, zip(packed["cu_seqlens"][0][:-1], packed["cu_seqlens"][0][1:])):
-            one = collate_rows(first_fit([s], 512), tok.pad_token_id)
-            alone = model(one["input_ids"], one["position_ids"], pixel_values=one["pixel_values"],
-                          labels=one["labels"])
+            one = collate_rows(first_fit([s], 2048), tok.pad_token_id)
+            alone = model(one["input_ids"], one["position_ids"], labels=one["labels"],
+                          **{k: one[k] for k in ("pixel_values", "image_sizes", "image_tiles")})
             assert torch.allclose(loss_packed[0, a:b], alone[0, : b - a], atol=1e-5)
 
 
@@ -297,3 +301,69 @@ def test_stream_counts_too_long_samples_across_workers(tiny_tokenizers, shard_di
     batches = [next(it) for _ in range(3)]
     assert dm.stats["skipped:too_long"] > 0 and dm.stats["samples"] > 0
     assert all(b["input_ids"].shape[1] <= 100 for b in batches)
+
+
+def _photo(w=1600, h=1200, seed=0) -> bytes:
+    """A full-size listing photo (JPEG), like the real data."""
+    import io
+
+    g = torch.Generator().manual_seed(seed)
+    arr = (torch.rand(h // 8, w // 8, 3, generator=g) * 255).byte().numpy()
+    buf = io.BytesIO()
+    Image.fromarray(arr).resize((w, h)).save(buf, format="JPEG", quality=85)
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("mode, policy, kept, tokens_each, note", [
+    ("fixed", "auto", 5, 729, "images_capped"),           # 12 x 729 > 4096: keep 5, drop 7 (counted)
+    ("anyres", "auto", 5, 730, "images_capped"),          # multi-image: one view each (730), keep 5
+    ("native", "auto", 12, None, "downscaled"),           # every image shrunk, none dropped
+    ("native", "drop_images", None, None, "images_capped"),
+])
+def test_a_twelve_photo_item_stays_within_the_image_token_budget(tiny_tokenizers, mode, policy, kept, tokens_each,
+                                                                 note):
+    """Paper limitation (v): items with 10+ full-size images. The sample's image tokens never exceed
+    data.max_image_tokens; what happens past it is data.over_budget's choice, and it is counted."""
+    from ecomvlm.recipes.config import model_config
+
+    enc = model_config(["model=qwen2_5_vit_e_llama3_1_8b" if mode == "native" else "model=siglip2_qwen3_8b",
+                        *([f"model.encoder.image_mode={mode}"] if mode != "native" else [])]).encoder
+    spec = enc.image_spec()
+    tok = tiny_tokenizers["chatml"]
+    img_id = tok.convert_tokens_to_ids("<image>")
+    photos = [_photo(seed=i) for i in range(12)]
+    cfg = DataConfig(max_seq_length=20000, max_image_tokens=4096, over_budget=policy)
+    s = build_sample(_meta(12), photos, tok, get_chat_format("chatml"), spec, cfg, img_id)
+    n_tok = s.input_ids.count(img_id)
+    assert n_tok <= 4096 and note in s.notes
+    if kept is not None:
+        assert s.n_images == kept
+    if tokens_each is not None:
+        assert n_tok == kept * tokens_each
+    unlimited = build_sample(_meta(12), photos, tok, get_chat_format("chatml"), spec,
+                             DataConfig(max_seq_length=40000), img_id)
+    assert unlimited.n_images == 12 and unlimited.input_ids.count(img_id) > 4096
+
+
+def test_an_impossible_budget_policy_is_named(tiny_tokenizers):
+    tok = tiny_tokenizers["chatml"]
+    with pytest.raises(ValueError, match="over_budget=single_view needs an encoder in image mode anyres"):
+        build_sample(_meta(3), [_png()] * 3, tok, get_chat_format("chatml"), SPEC,
+                     DataConfig(max_image_tokens=20, over_budget="single_view"), tok.convert_tokens_to_ids("<image>"))
+
+
+def test_the_tower_in_chunks_equals_the_tower_at_once(megatron_single):
+    """model.encoder.views_per_forward bounds the tower's activations for many-image items; same features."""
+    import dataclasses
+
+    from ecomvlm.recipes.config import model_config
+    from ecomvlm.recipes.models.parallel import ParallelConfig
+
+    enc = dataclasses.replace(model_config(["model=siglip2_qwen3_8b"]).encoder, num_layers=1)
+    torch.manual_seed(0)
+    tower = enc.build(ParallelConfig()).eval()
+    pix = enc.image_spec().process([Image.open(__import__("io").BytesIO(_photo(seed=i))) for i in range(5)])
+    with torch.no_grad():
+        whole = enc.features(tower, pix["pixel_values"])
+        chunked = dataclasses.replace(enc, views_per_forward=2).features(tower, pix["pixel_values"])
+    assert whole.shape == (5, 729, 1152) and torch.allclose(whole, chunked, atol=1e-5)

@@ -195,7 +195,8 @@ def test_qwen25_vit_tower_imports_and_runs(megatron_single, tiny_hf_configs):
     assert hf_kind(cfg) == "remote_code"
 
 
-@pytest.mark.parametrize("option, value", [("projector_hidden_act", "silu"), ("vision_feature_select_strategy", "default"),
+@pytest.mark.parametrize("option, value", [("projector_hidden_act", "silu"),
+                                           ("vision_feature_select_strategy", "default"),
                                            ("vision_feature_layer", [-2, -1]), ("multimodal_projector_bias", False)])
 def test_llava_options_we_do_not_build_are_refused(tiny_hf_configs, tmp_path, option, value):
     from ecomvlm.recipes.models.hf_io import vlm_config_from_hf

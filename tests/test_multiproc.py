@@ -33,6 +33,9 @@ def tiny_llava_dirs(tmp_path_factory, tiny_hf_configs):
     def make(family):
         if family in cache:
             return cache[family]
+        if family == "qwen3_anyres":
+            cache[family] = _tiny_onevision(tmp_path_factory.mktemp("llava_ov"), tiny_hf_configs)
+            return cache[family]
         out = tmp_path_factory.mktemp(f"llava_{family}")
         text = tiny_hf_configs[family].to_dict()
         if family == "gemma3":
@@ -64,6 +67,44 @@ def tiny_llava_dirs(tmp_path_factory, tiny_hf_configs):
     return make
 
 
+def _tiny_onevision(out, tiny_hf_configs):
+    """A tiny random HF LLaVA-OneVision (AnyRes) and a batch of two single-image rows of other aspect ratios."""
+    import torch
+    from PIL import Image
+    from safetensors.torch import save_file
+    from transformers import LlavaOnevisionConfig, LlavaOnevisionForConditionalGeneration
+
+    from ecomvlm.data_modules.preprocess import ImageSpec, default_pinpoints
+
+    torch.manual_seed(0)
+    pins = [list(p) for p in default_pinpoints(32)]
+    cfg = LlavaOnevisionConfig(vision_config=tiny_hf_configs["siglip"], text_config=tiny_hf_configs["qwen3"],
+                               image_token_index=5, video_token_index=6, image_grid_pinpoints=pins,
+                               vision_feature_layer=-1, vision_feature_select_strategy="full")
+    hf = LlavaOnevisionForConditionalGeneration(cfg).eval()
+    hf.save_pretrained(out)
+    spec = ImageSpec(mode="anyres", patch_size=8, image_mean=(0.5,) * 3, image_std=(0.5,) * 3, image_size=32,
+                     grid_pinpoints=tuple(map(tuple, pins)))
+    g = torch.Generator().manual_seed(1)
+    views = [spec.process([Image.fromarray((torch.rand(h, w, 3, generator=g) * 255).byte().numpy())])
+             for w, h in ((90, 40), (30, 70))]
+    n = [v["tokens"][0] for v in views]
+    ids = torch.randint(10, 512, (2, max(n) + 24), generator=g)
+    ids[0, 2:2 + n[0]] = 5
+    ids[1, 5:5 + n[1]] = 5
+    labels = torch.roll(ids, -1, 1)
+    pix, sizes, tiles = (torch.cat([v[k] for v in views]) for k in ("pixel_values", "image_sizes", "image_tiles"))
+    save_file({"input_ids": ids, "labels": labels, "pixel_values": pix, "image_sizes": sizes, "image_tiles": tiles,
+               "image_token_id": torch.tensor(5)}, str(out / "batch.safetensors"))
+    hf_pix = torch.zeros(2, int(tiles.max()), 3, 32, 32)  # transformers takes views padded per image
+    for i, v in enumerate(views):
+        hf_pix[i, : v["image_tiles"][0]] = v["pixel_values"]
+    with torch.no_grad():
+        logits = hf(input_ids=ids, pixel_values=hf_pix, image_sizes=sizes, batch_num_images=torch.tensor([1, 1])).logits
+    loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1)).item()
+    return out, logits, loss
+
+
 def _vlm_layout(made, tmp_path, tp, pp):
     hf_dir, ref_logits, ref_loss = made
     run_torchrun(REPO / "tests" / "workers" / "vlm_parallel_parity.py", tp * pp, str(hf_dir), str(tp), str(pp),
@@ -79,13 +120,15 @@ def _vlm_layout(made, tmp_path, tp, pp):
     return res
 
 
-@pytest.mark.parametrize("family, tp, pp", [("llama", 1, 1), ("llama", 2, 1), ("llama", 1, 2), ("gemma3", 2, 1)])
+@pytest.mark.parametrize("family, tp, pp", [("llama", 1, 1), ("llama", 2, 1), ("llama", 1, 2), ("gemma3", 2, 1),
+                                            ("qwen3_anyres", 2, 1)])
 def test_vlm_imported_at_tp_pp_matches_hf(tiny_llava_dirs, tmp_path, family, tp, pp):
     _vlm_layout(tiny_llava_dirs(family), tmp_path, tp, pp)
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("family, tp, pp", [("llama", 2, 2), ("gemma3", 1, 2), ("qwen3", 2, 1)])
+@pytest.mark.parametrize("family, tp, pp", [("llama", 2, 2), ("gemma3", 1, 2), ("qwen3", 2, 1),
+                                            ("qwen3_anyres", 1, 2)])
 def test_vlm_imported_at_more_layouts_matches_hf(tiny_llava_dirs, tmp_path, family, tp, pp):
     _vlm_layout(tiny_llava_dirs(family), tmp_path, tp, pp)
 

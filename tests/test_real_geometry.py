@@ -7,10 +7,11 @@ import dataclasses
 import pytest
 import torch
 
-from conftest import REPO
 from ecomvlm.recipes.config import compose, model_config
 from ecomvlm.recipes.models.parallel import ParallelConfig
 from ecomvlm.recipes.models.registry import resolve
+
+from conftest import REPO
 
 MODELS = sorted(p.stem for p in (REPO / "conf" / "model").glob("*.yaml"))
 ENCODERS = sorted(p.stem for p in (REPO / "conf" / "model" / "encoder").glob("*.yaml"))
@@ -98,3 +99,42 @@ def test_paper_row_parallel_layouts_compose():
     for name in ("siglip2_qwen3_8b_stage3_sft", "siglip_gemma3_4b_stage3_sft", "qwen2_5_vit_e_llama3_1_8b_stage3_sft"):
         cfg = compose(name, ["tokenizer.path=x", "data.shards=y"])
         assert cfg.parallel.tensor_model_parallel_size in (2, 4)
+
+
+@pytest.fixture(scope="module")
+def photos_384(tmp_path_factory):
+    """Synthetic captions of 384-px product photos, their shards and a tokenizer that fits the tiny decoders."""
+    import json
+
+    from ecomvlm.data_modules.shards import ShardConfig, make_shards
+    from ecomvlm.data_modules.synth import SynthConfig, synthesize
+    from ecomvlm.data_modules.tiny_tokenizer import build_tiny_tokenizer, save_tiny_tokenizer
+
+    w = tmp_path_factory.mktemp("photos384")
+    synthesize(SynthConfig(out=w / "data", n=4, n_eval=0, image_size=384, max_images=1))
+    src = w / "data" / "train" / "stage1_captions.json"
+    make_shards(ShardConfig([src], w / "shards", image_root=w / "data", workers=1))
+    texts = [t["value"] for r in json.loads(src.read_text()) for t in r["conversations"]]
+    for fmt in ("chatml", "gemma3"):
+        save_tiny_tokenizer(build_tiny_tokenizer(fmt, corpus=texts, vocab_size=400), w / f"tok_{fmt}")
+    return w
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("recipe, decoder, fmt", [("siglip2_qwen3_4b_stage1_alignment", "tiny_qwen3", "chatml"),
+                                                  ("siglip_gemma3_4b_stage1_alignment", "tiny_gemma3", "gemma3")])
+def test_a_paper_row_trains_with_its_real_encoder_and_a_tiny_decoder(photos_384, tmp_path, recipe, decoder, fmt):
+    """The real so400m-patch14-384 tower (27 layers, 729 tokens per 384-px image) in the stage-1 recipe of a paper
+    row, with a tiny decoder so it fits a CPU: one training step."""
+    from ecomvlm.cli import main
+
+    w = photos_384
+    argv = ["train", recipe, f"model/decoder={decoder}", "parallel=single", "precision=fp32",
+            f"tokenizer.path={w / f'tok_{fmt}'}", f"data.shards={w / 'shards'}", f"run.dir={tmp_path / 'run'}",
+            "data.global_batch_size=1", "data.micro_batch_size=1", "data.num_workers=0", "trainer.max_steps=1",
+            "trainer.save_every=1"]
+    assert main(argv) == 0
+    import json
+
+    s = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert len(s["losses"]) == 1 and s["losses"][0] > 0 and s["data_stats"]["samples"] >= 1

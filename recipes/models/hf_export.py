@@ -63,7 +63,8 @@ def save_safetensors(tensors: Tensors, out: Path) -> None:
 
 
 
-def export_hf(full: Tensors, cfg: VLMConfig, tokenizer, out_dir: str | Path, dtype: torch.dtype = torch.bfloat16) -> Path:
+def export_hf(full: Tensors, cfg: VLMConfig, tokenizer, out_dir: str | Path,
+              dtype: torch.dtype = torch.bfloat16) -> Path:
     """Write the HF directory of `cfg` (see the module docstring for which class) from a full megatron state."""
     from transformers import GenerationConfig
 

@@ -14,9 +14,6 @@ import json
 import re
 from pathlib import Path
 
-import torch
-
-from ecomvlm.data_modules.chat_templates import IMAGE_TOKEN
 from ecomvlm.recipes.models.mapping import Direct, Rule, Tensors, find_prefix, prefixed, to_hf, to_megatron
 from ecomvlm.recipes.models.registry import (
     VLMConfig,
@@ -142,7 +139,8 @@ def vlm_config_from_hf(llava_path=None, decoder_path=None, encoder_path=None, *,
         check_llava_config(hf, llava_path)
         enc = encoder_config_from_hf(hf, feature_layer=hf.vision_feature_layer)
         if hf.model_type == "llava_onevision":
-            enc = dataclasses.replace(enc, image_mode="anyres", grid_pinpoints=[list(p) for p in hf.image_grid_pinpoints],
+            enc = dataclasses.replace(enc, image_mode="anyres",
+                                      grid_pinpoints=[list(p) for p in hf.image_grid_pinpoints],
                                       anyres_max_tiles=int(hf.vision_aspect_ratio.rsplit("_", 1)[1]))
         return VLMConfig(encoder=enc, decoder=decoder_config_from_hf(hf, tp=tp), image_token_id=image_token_id)
     if decoder_path is None or encoder_path is None:

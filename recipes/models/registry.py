@@ -112,8 +112,9 @@ def read_hf_config(path: str | Path):
     return AutoConfig.from_pretrained(path)
 
 
+# settings of ours, not dimensions a checkpoint's config.json has an opinion on
 _NOT_DIMS = {"hf_path", "chat_format", "vocab_size", "hf_vocab_size", "image_mean", "image_std", "min_pixels",
-             "max_pixels"}
+             "max_pixels", "image_mode", "anyres_max_tiles", "grid_pinpoints"}
 
 
 def _from_checkpoint(ours, theirs, where: str):

@@ -32,9 +32,10 @@ def main(hf_dir: str, tp: int, pp: int, out_dir: str) -> None:
     assert not untouched, untouched
 
     ids, labels, pix = batch["input_ids"], batch["labels"], batch["pixel_values"]
+    views = {k: batch.get(k) for k in ("image_sizes", "image_tiles")}  # AnyRes models
 
     def forward_step(data_iterator, model):
-        out = model(ids, pixel_values=pix if model.pre_process else None, labels=labels)
+        out = model(ids, pixel_values=pix if model.pre_process else None, labels=labels, **views)
 
         def loss_func(per_token):
             loss = per_token.float().mean()
@@ -46,7 +47,7 @@ def main(hf_dir: str, tp: int, pp: int, out_dir: str) -> None:
         losses = get_forward_backward_func()(
             forward_step_func=forward_step, data_iterator=iter([None]), model=[model], num_microbatches=1,
             seq_length=ids.shape[1], micro_batch_size=ids.shape[0], forward_only=True)
-        logits = model(ids, pixel_values=pix, runtime_gather_output=True) if pp == 1 else None
+        logits = model(ids, pixel_values=pix, runtime_gather_output=True, **views) if pp == 1 else None
 
     full = gather_full_state(model)
     ref = hf_to_megatron(cfg, *(read_hf_state_dict(hf_dir),) * 3)

@@ -31,6 +31,9 @@ class EncoderConfig:
     feature_layer: int = -1  # hidden_states index the LLM reads (-1: last layer, -2: drop the last layer)
     image_mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
     image_std: tuple[float, float, float] = (0.5, 0.5, 0.5)
+    # views (SigLIP) or images (Qwen2.5-ViT) per tower forward; 0: all at once. Bounds the tower's activation memory
+    # for items with many images (with data.max_image_tokens bounding the sample itself)
+    views_per_forward: int = 0
 
     hf_model_types: ClassVar[tuple[str, ...]] = ()
     hf_anchor: ClassVar[str] = ""  # a tensor name that marks where the tower sits in an HF checkpoint

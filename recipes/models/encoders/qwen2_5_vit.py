@@ -61,7 +61,10 @@ class Qwen25ViTConfig(EncoderConfig):
     def features(self, tower, pixel_values, image_grid_thw=None):
         if image_grid_thw is None:
             raise ValueError("qwen2_5_vit needs image_grid_thw with pixel_values")
-        return tower(pixel_values, image_grid_thw).unsqueeze(0)  # [1, tokens of all images, out_hidden]
+        chunk = self.views_per_forward or len(image_grid_thw)
+        grids = image_grid_thw.split(chunk)
+        pixels = pixel_values.split([int(g.prod(-1).sum()) for g in grids])
+        return torch.cat([tower(p, g) for p, g in zip(pixels, grids)]).unsqueeze(0)  # [1, tokens of all images, h]
 
     def mapping(self) -> list[Rule]:
         return [Subtree("model.", hf="")]

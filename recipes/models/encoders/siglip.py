@@ -21,7 +21,6 @@ from ecomvlm.recipes.models.encoders.base import EncoderConfig
 from ecomvlm.recipes.models.mapping import QKV, Direct, ExportOnly, Rule
 from ecomvlm.recipes.models.parallel import ParallelConfig
 
-
 IMAGE_MODES = ("fixed", "anyres")
 
 
@@ -116,7 +115,9 @@ class SiglipConfig(EncoderConfig):
 
     def features(self, tower, pixel_values, image_grid_thw=None):
         g = self.grid_size  # the same computation as HF's convolution over the full image_size input
-        return tower(pixel_values[..., :g, :g])  # [n_images, tokens, hidden]
+        pixels = pixel_values[..., :g, :g]
+        chunk = self.views_per_forward or pixels.shape[0]
+        return torch.cat([tower(p) for p in pixels.split(chunk)])  # [n_views, tokens, hidden]
 
     def pack(self, projected, image_sizes, image_tiles, newline):
         """anyres: transformers' LlavaOnevision packing, view by view (base view first, then the unpadded grid with a
