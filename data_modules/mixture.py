@@ -6,19 +6,26 @@
         image_root: images/               # optional extension: where this file's image paths are relative to
 
 Semantics follow LLaVA-NeXT where they are sane: N% of a file of L records is ceil(N * L / 100); ``first`` keeps
-the head, ``end`` the tail. Differences (deliberate): percents may be fractional (``first:2.5%``); ``random`` is
-seeded by the mixture seed and the file name, so the same YAML + seed selects the same records on every machine
-(LLaVA-NeXT shuffles with the global RNG); ``end:0`` selects nothing (LLaVA-NeXT's ``[-0:]`` returns all); an
-unknown strategy or a malformed number is an error (LLaVA-NeXT silently keeps the whole file). Relative paths are
-relative to the YAML file.
+the head, ``end`` the tail. Differences (deliberate): percents may be fractional (``first:2.5%``) and are computed
+exactly (``first:0.07%`` of 10000 is 7, not float's 8); ``random`` is seeded by the mixture seed and the source's
+name, so the same YAML + seed selects the same records on every machine (LLaVA-NeXT shuffles with the global RNG);
+``end:0`` selects nothing (LLaVA-NeXT's ``[-0:]`` returns all); an unknown strategy or a malformed number is an error
+(LLaVA-NeXT silently keeps the whole file).
+
+Relative ``json_path``/``image_root`` are relative to ``root`` when one is given (``--data-root``, the folder holding
+a local copy of the data, so one YAML serves every machine), else to the YAML file's folder. Each source is named by
+its path relative to the common folder of all sources (``a/train.jsonl`` and ``b/train.jsonl`` stay apart); a file
+listed twice gets ``#2`` appended.
 """
 
 from __future__ import annotations
 
 import math
+import os
 import random
 import re
 from dataclasses import dataclass
+from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +41,7 @@ class MixtureEntry:
     sampling_strategy: str = "all"
     image_root: Path | None = None
 
-    def parse(self) -> tuple[str, float | None, bool]:
+    def parse(self) -> tuple[str, Fraction | None, bool]:
         """-> (strategy, number, is_percent). Raises ValueError on anything it does not understand."""
         s = str(self.sampling_strategy).strip()
         if s == "all":
@@ -47,7 +54,7 @@ class MixtureEntry:
         if not m:
             raise ValueError(f"{self.json_path}: sampling_strategy {s!r} needs a non-negative number, e.g. "
                              f"{name}:1000 or {name}:10%")
-        value, pct = float(m.group(1)), bool(m.group(2))
+        value, pct = Fraction(m.group(1)), bool(m.group(2))
         if pct and value > 100:
             raise ValueError(f"{self.json_path}: {s!r} asks for more than 100%")
         if not pct and value != int(value):
@@ -58,10 +65,10 @@ class MixtureEntry:
         name, value, pct = self.parse()
         if name == "all":
             return total
-        n = math.ceil(value * total / 100) if pct else int(value)
+        n = math.ceil(value * total / 100) if pct else int(value)  # Fraction: exact
         return min(n, total)
 
-    def select(self, n_records: int, seed: int) -> list[int]:
+    def select(self, n_records: int, seed: int, name: str | None = None) -> list[int]:
         """Indices of the records this entry keeps, in the order they will be used."""
         name, _, _ = self.parse()
         n = self.count(n_records)
@@ -70,13 +77,18 @@ class MixtureEntry:
             return idx[:n]
         if name == "end":
             return idx[n_records - n:] if n else []
-        rng = random.Random(f"ecomvlm-mixture:{seed}:{self.json_path.name}")
+        rng = random.Random(f"ecomvlm-mixture:{seed}:{name or self.json_path.name}")
         rng.shuffle(idx)
         return idx[:n]
 
 
-def load_mixture(path: str | Path) -> list[MixtureEntry]:
+def load_mixture(path: str | Path, root: str | Path | None = None) -> list[MixtureEntry]:
+    """The entries of a mixture YAML; relative paths resolved against `root` (else the YAML's folder)."""
     path = Path(path)
+    base = Path(root) if root is not None else path.parent
+    if root is not None and not base.is_dir():
+        raise FileNotFoundError(f"data root {base} is not a folder (it should hold the local copy of the data that "
+                                f"{path}'s json_path entries are relative to)")
     if not path.is_file():
         raise FileNotFoundError(f"mixture file {path} does not exist")
     try:
@@ -93,10 +105,10 @@ def load_mixture(path: str | Path) -> list[MixtureEntry]:
         if unknown:
             raise ValueError(f"{path}: datasets[{i}] has unknown keys {sorted(unknown)}")
         jp = Path(d["json_path"])
-        root = Path(d["image_root"]) if d.get("image_root") else None
-        entry = MixtureEntry(json_path=jp if jp.is_absolute() else path.parent / jp,
+        img_root = Path(d["image_root"]) if d.get("image_root") else None
+        entry = MixtureEntry(json_path=jp if jp.is_absolute() else base / jp,
                              sampling_strategy=str(d.get("sampling_strategy", "all")),
-                             image_root=(root if root is None or root.is_absolute() else path.parent / root))
+                             image_root=(img_root if img_root is None or img_root.is_absolute() else base / img_root))
         entry.parse()  # fail at load time, not halfway through sharding
         out.append(entry)
     return out
@@ -105,16 +117,26 @@ def load_mixture(path: str | Path) -> list[MixtureEntry]:
 @dataclass
 class ResolvedSource:
     entry: MixtureEntry
+    name: str  # unique among the mixture's sources (see source_names)
     total: int
     indices: list[int]
 
-    @property
-    def name(self) -> str:
-        return self.entry.json_path.name
+
+def source_names(entries: list[MixtureEntry]) -> list[str]:
+    """A unique, readable name per entry: its path relative to the common folder of all entries."""
+    paths = [os.path.abspath(e.json_path) for e in entries]
+    common = os.path.commonpath([os.path.dirname(p) for p in paths]) if paths else ""
+    names, seen = [], {}
+    for p in paths:
+        name = os.path.relpath(p, common).replace(os.sep, "/")
+        seen[name] = seen.get(name, 0) + 1
+        names.append(name if seen[name] == 1 else f"{name}#{seen[name]}")
+    return names
 
 
 def resolve(entries: list[MixtureEntry], totals: list[int], seed: int) -> list[ResolvedSource]:
-    return [ResolvedSource(e, t, e.select(t, seed)) for e, t in zip(entries, totals)]
+    return [ResolvedSource(e, name, t, e.select(t, seed, name))
+            for e, name, t in zip(entries, source_names(entries), totals)]
 
 
 def counts_table(resolved: list[ResolvedSource]) -> Any:

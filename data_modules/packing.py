@@ -40,6 +40,13 @@ def first_fit(samples: list[Sample], max_len: int) -> list[PackedRow]:
     return rows
 
 
+def first_fit_decreasing(samples: list[Sample], max_len: int) -> list[PackedRow]:
+    """First-fit over the samples longest first (ties in arrival order): fuller rows than arrival order when sizes
+    vary (multi-image items are long), still deterministic. Rows come out in the order they were opened."""
+    order = sorted(range(len(samples)), key=lambda i: (-len(samples[i]), i))
+    return first_fit([samples[i] for i in order], max_len)
+
+
 def collate_rows(rows: list[PackedRow], pad_id: int, multiple_of: int = 1) -> dict:
     """Packed rows -> a batch dict for the model (all rows padded to one length)."""
     L = -(-max(r.length for r in rows) // multiple_of) * multiple_of

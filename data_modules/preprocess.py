@@ -86,7 +86,7 @@ class ImageSpec:
                 single_views: bool = False) -> dict[str, Any]:
         """-> pixel_values (+ image_grid_thw for native resolution, image_sizes / image_tiles for anyres) and the LLM
         tokens of each image."""
-        images = [_rgb(im) for im in images]
+        images = [to_rgb(im) for im in images]
         out = {"pixel_values": None, "image_grid_thw": None, "image_sizes": None, "image_tiles": None,
                "tokens": self.tokens([im.size for im in images], max_pixels, single_views)}
         if not images:
@@ -124,8 +124,28 @@ class ImageSpec:
         return out
 
 
-def _rgb(im: Image.Image) -> Image.Image:
-    return im if im.mode == "RGB" else im.convert("RGB")
+def to_rgb(im: Image.Image) -> Image.Image:
+    """Any PIL mode -> 8-bit RGB as a viewer shows it: transparency composited on white (product photos are cut out
+    on white; PIL's plain convert puts them on black), 16/32-bit integer images scaled to 8 bits by their bit depth
+    (PIL's convert clips them, turning most of a 16-bit photo white), palette and CMYK converted."""
+    if im.mode == "RGB":
+        return im
+    if im.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+        a = np.asarray(im, dtype=np.float64)
+        if im.mode.startswith("I;16") or a.max(initial=0) > 255:
+            a = a / 257.0 if a.max(initial=0) <= 65535 else a * (255.0 / a.max())
+        return Image.fromarray(np.clip(np.rint(a), 0, 255).astype(np.uint8), "L").convert("RGB")
+    if im.mode == "F":
+        a = np.asarray(im, dtype=np.float64)
+        a = a * 255.0 if a.max(initial=0) <= 1.0 else a
+        return Image.fromarray(np.clip(np.rint(a), 0, 255).astype(np.uint8), "L").convert("RGB")
+    if im.mode == "P" and "transparency" in im.info:
+        im = im.convert("RGBA")
+    if im.mode in ("RGBA", "LA", "PA", "La", "RGBa"):
+        im = im.convert("RGBA")
+        white = Image.new("RGBA", im.size, (255, 255, 255, 255))
+        return Image.alpha_composite(white, im).convert("RGB")
+    return im.convert("RGB")
 
 
 def default_pinpoints(tile: int, max_side: int = 6) -> tuple[tuple[int, int], ...]:
@@ -215,6 +235,9 @@ class Sample:
     notes: list[str] = field(default_factory=list)  # e.g. "images_capped", "downscaled", "truncated"
     image_sizes: torch.Tensor | None = None  # anyres: [n_images, 2] original (height, width)
     image_tiles: torch.Tensor | None = None  # anyres: [n_images] views per image (1: a single view)
+    index: int = -1  # the sample's index in its shard folder (the loader's accounting)
+    # images not decoded yet (build_sample(decode_pixels=False)): (bytes, max_pixels, single_views) for finish_pixels
+    pending_images: tuple | None = None
 
     def __len__(self) -> int:
         return len(self.input_ids)
@@ -252,8 +275,11 @@ def over_budget_policy(policy: str, mode: str) -> str:
 
 
 def build_sample(meta: dict[str, Any], image_bytes: list[bytes], tokenizer, fmt: ChatFormat, spec: ImageSpec,
-                 cfg: DataConfig, image_token_id: int) -> Sample:
-    """One shard sample -> token ids (image placeholders expanded) + loss mask + pixels. Raises SampleTooLong."""
+                 cfg: DataConfig, image_token_id: int, decode_pixels: bool = True) -> Sample:
+    """One shard sample -> token ids (image placeholders expanded) + loss mask + pixels. Raises SampleTooLong.
+
+    Token counts need only the images' sizes (read from their headers); with ``decode_pixels=False`` the pixels are
+    left for :func:`finish_pixels`, so a packing window can hold many samples without their decoded images."""
     notes = []
     conversations = meta["conversations"]
     if len(image_bytes) > cfg.max_images:
@@ -280,8 +306,7 @@ def build_sample(meta: dict[str, Any], image_bytes: list[bytes], tokenizer, fmt:
             conversations = _drop_placeholders(conversations, keep)
             images = images[:keep]
             notes.append("images_capped")
-    proc = spec.process(images, max_pixels=max_pixels, single_views=single_views)
-    tokens_per_image = iter(proc["tokens"])
+    tokens_per_image = iter(spec.tokens([im.size for im in images], max_pixels, single_views))
     ids: list[int] = []
     mask: list[int] = []
     image_spans: list[tuple[int, int]] = []
@@ -303,5 +328,19 @@ def build_sample(meta: dict[str, Any], image_bytes: list[bytes], tokenizer, fmt:
             raise SampleTooLong(f"{len(ids)} tokens > max_seq_length {cfg.max_seq_length}")
         ids, mask = ids[: cfg.max_seq_length], mask[: cfg.max_seq_length]
         notes.append("truncated")
-    return Sample(ids, mask, proc["pixel_values"], proc["image_grid_thw"], len(images), notes, proc["image_sizes"],
-                  proc["image_tiles"])
+    kept = image_bytes[: len(images)]
+    sample = Sample(ids, mask, None, None, len(images), notes, pending_images=(kept, max_pixels, single_views))
+    return finish_pixels(sample, spec) if decode_pixels else sample
+
+
+def finish_pixels(sample: Sample, spec: ImageSpec) -> Sample:
+    """Decode and process the images of a sample built with ``decode_pixels=False`` (in place; returns it)."""
+    if sample.pending_images is None:
+        return sample
+    blobs, max_pixels, single_views = sample.pending_images
+    proc = spec.process([Image.open(io.BytesIO(b)) for b in blobs], max_pixels=max_pixels,
+                        single_views=single_views)
+    sample.pixel_values, sample.image_grid_thw = proc["pixel_values"], proc["image_grid_thw"]
+    sample.image_sizes, sample.image_tiles = proc["image_sizes"], proc["image_tiles"]
+    sample.pending_images = None
+    return sample

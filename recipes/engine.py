@@ -167,7 +167,7 @@ class VLMTrainingModule(LightningModule):
         self.distributed_optimizer, self.bf16 = distributed_optimizer, bf16
         self.use_te_packing, self.log_every = use_te_packing, log_every
         self.automatic_optimization = False
-        self.data_state: dict[str, int] | None = None  # data position after the last trained batch
+        self.data_counts = None  # () -> {"trained": n, "skipped:<reason>": n, ...} of this rank, logged with the loss
         self.history: list[dict[str, float]] = []
         self._t_start = time.perf_counter()
 
@@ -212,15 +212,17 @@ class VLMTrainingModule(LightningModule):
 
         return out, loss_func
 
-    def training_step(self, batch, batch_idx):
+    def training_step(self, dataloader_iter):
         import torch.distributed as dist
         from megatron.core import parallel_state as ps
 
+        # the step takes its batch itself (no read-ahead), so a checkpoint after it holds the data position after
+        # exactly this step's micro-batches
+        batch, _, _ = next(dataloader_iter)
         microbatches = batch["microbatches"]
         if ps.get_pipeline_model_parallel_world_size() > 1:  # one activation shape for the p2p exchange
             longest = max(mb["input_ids"].shape[1] for mb in microbatches)
             microbatches = [pad_microbatch(mb, longest) for mb in microbatches]
-        self.data_state = {k: int(v) for k, v in batch["data_state"].items()}
 
         t0 = time.perf_counter()
         dev = next(self.model.parameters()).device
@@ -254,7 +256,11 @@ class VLMTrainingModule(LightningModule):
         """TensorBoard at the global step (continuous across resumes) and a progress line every log_every steps."""
         step = self.step
         if self.logger:
-            self.logger.log_metrics({f"train/{k}": v for k, v in rec.items()}, step=step)
+            metrics = {f"train/{k}": v for k, v in rec.items()}
+            if self.data_counts is not None:
+                metrics |= {f"data/{k.replace(':', '/')}": v for k, v in self.data_counts().items()
+                            if not k.startswith("note:")}
+            self.logger.log_metrics(metrics, step=step)
         rank0 = not torch.distributed.is_initialized() or torch.distributed.get_rank() == 0
         if rank0 and (step % self.log_every == 0 or step == self.max_steps or len(self.history) == 1):
             done = len(self.history)
@@ -330,7 +336,4 @@ class GlobalBatches(torch.utils.data.IterableDataset):
     def __iter__(self) -> Iterator[dict[str, Any]]:
         it = self.dm.batches()
         while True:
-            micro = [next(it) for _ in range(self.n)]
-            # the data position *after* this batch: what a checkpoint taken after this step must record
-            # (Lightning prefetches the next batch, so the DataModule's live position is one batch ahead)
-            yield {"microbatches": micro, "data_state": dict(self.dm.state_dict())}
+            yield {"microbatches": [next(it) for _ in range(self.n)]}

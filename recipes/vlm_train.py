@@ -29,15 +29,16 @@ log = logging.getLogger("ecomvlm.train")
 
 # settings a resumed run may change (how long, how often it logs/saves, what it exports, notes); everything else
 # defines the run and must match its config.json
-RESUME_FREE = ("trainer.max_steps", "trainer.log_every", "trainer.save_every", "export", "run.note", "init")
+RESUME_FREE = ("trainer.max_steps", "trainer.log_every", "trainer.save_every", "export", "run.note", "init",
+               "data.loader_watchdog_s")
 
 
-def _differences(saved: Any, now: Any, free: tuple[str, ...], prefix: str = "") -> list[tuple[str, Any, Any]]:
+def settings_differences(saved: Any, now: Any, free: tuple[str, ...], prefix: str = "") -> list[tuple[str, Any, Any]]:
     if prefix.rstrip(".") in free:
         return []
     if isinstance(saved, dict) and isinstance(now, dict):
         return [d for k in sorted(set(saved) | set(now))
-                for d in _differences(saved.get(k), now.get(k), free, f"{prefix}{k}.")]
+                for d in settings_differences(saved.get(k), now.get(k), free, f"{prefix}{k}.")]
     return [] if saved == now else [(prefix.rstrip("."), saved, now)]
 
 
@@ -94,6 +95,10 @@ class VLMTrainingRecipe:
         if self.latest is not None:
             self.check_resumable(int(ckpt.read_meta(self.latest)["step"]))
             self.resume_meta = ckpt.load_checkpoint(self.model, self.latest)
+            if self.resume_meta.get("migrated_from"):
+                raise ValueError(f"{self.latest} is a {self.resume_meta['migrated_from']} checkpoint, whose optimizer "
+                                 f"state and data position the current engine cannot resume; start a new run from "
+                                 f"its weights: init.from_checkpoint={self.latest} with another run.dir")
             self.start_step = int(self.resume_meta["step"])
             self.source = f"resumed {self.latest}"
         elif c.init.from_checkpoint:
@@ -124,7 +129,8 @@ class VLMTrainingRecipe:
         if not saved_path.is_file():
             return
         saved, now = json.loads(saved_path.read_text()), as_dict(c)
-        diffs = [f"{key}: {a!r} (saved) -> {b!r} (now)" for key, a, b in _differences(saved, now, RESUME_FREE)]
+        diffs = [f"{key}: {a!r} (saved) -> {b!r} (now)"
+                 for key, a, b in settings_differences(saved, now, RESUME_FREE)]
         if diffs:
             raise ValueError(f"run {self.run_dir} was started with other settings ({'; '.join(diffs[:6])}): resume "
                              f"with the saved ones, or start a new run.dir with init.from_checkpoint={self.run_dir}")
@@ -150,7 +156,15 @@ class VLMTrainingRecipe:
                                         rank=self.info["dp_rank"], world_size=dp, seed=c.run.seed,
                                         pad_to_multiple_of=c.precision.pad_to_multiple(c.parallel))
         if self.resume_meta is not None:
-            self.datamodule.load_state_dict(self.resume_meta["data"])
+            from ecomvlm.data_modules.loader import load_data_state
+
+            path = self.latest / "data" / f"rank_{self.info['rank']:05d}.pt"
+            if not path.is_file():
+                raise FileNotFoundError(f"{path} missing: {self.latest} holds no data position for rank "
+                                        f"{self.info['rank']} (saved by another layout or an older ecomvlm, whose "
+                                        f"positions were not exact); start a new run from its weights with "
+                                        f"init.from_checkpoint={self.latest}")
+            self.datamodule.load_state_dict(load_data_state(path))
 
     def setup_optimizer(self) -> None:
         from ecomvlm.recipes.engine import VLMTrainingModule
@@ -159,6 +173,7 @@ class VLMTrainingRecipe:
         self.module = VLMTrainingModule(self.model, self.cfg.optim, max_steps=t.max_steps, start_step=self.start_step,
                                         distributed_optimizer=t.distributed_optimizer, bf16=self.bf16,
                                         use_te_packing=self.te_packing, log_every=t.log_every)
+        self.module.data_counts = lambda: self.datamodule.stats
 
     # ---- checkpoints -----------------------------------------------------------------------------------
     def save(self, step: int) -> Path:
@@ -166,7 +181,11 @@ class VLMTrainingRecipe:
 
         tmp = ckpt.save_checkpoint(self.model, self.run_dir / "checkpoints" / f"step_{step:08d}", step=step,
                                    tokenizer=self.tokenizer, parallel=self.cfg.parallel,
-                                   extra={"data": self.module.data_state, "stage": self.cfg.recipe.stage})
+                                   extra={"stage": self.cfg.recipe.stage})
+        from ecomvlm.data_modules.loader import save_data_state
+
+        (tmp / "data").mkdir(exist_ok=True)
+        save_data_state(self.datamodule.state_dict(), tmp / "data" / f"rank_{self.info['rank']:05d}.pt")
         state = self.module.optimizer_state(tmp) | {
             "rng_cpu": torch.get_rng_state(), "python_rng": random.getstate()[1],
             "rng_cuda": torch.cuda.get_rng_state() if torch.cuda.is_available() else None}
@@ -179,10 +198,6 @@ class VLMTrainingRecipe:
     def restore_training_state(self) -> None:
         """Optimizer, scheduler and RNG of the checkpoint being resumed (the optimizer exists only now)."""
         path = self.latest / "optimizer" / f"rank_{self.info['rank']:05d}.pt"
-        if self.resume_meta.get("migrated_from"):
-            raise ValueError(f"{self.latest} is a {self.resume_meta['migrated_from']} checkpoint, whose optimizer "
-                             f"state the current engine cannot resume; start a new run from its weights: "
-                             f"init.from_checkpoint={self.latest} with another run.dir")
         if not path.is_file():
             raise FileNotFoundError(f"{path} missing: resume needs the same number of ranks and layout as the save "
                                     f"(model-only loading at another TP/PP: init.from_checkpoint)")
@@ -240,7 +255,7 @@ class VLMTrainingRecipe:
         h = self.module.history
         out = {"start_step": self.start_step, "losses": [r["loss"] for r in h],
                "tokens_per_s": [r["tokens_per_s"] for r in h], "checkpoints": self.checkpointer.saved,
-               "preempted": self.checkpointer.preempted, "init": self.source, "data_stats": self.datamodule.stats,
+               "preempted": self.checkpointer.preempted, "init": self.source, "data": self.data_summary(),
                "run_dir": str(self.run_dir), "engine": self.module.describe()}
         final = latest_checkpoint(self.run_dir / "checkpoints")
         out["final_checkpoint"] = str(final) if final else None
@@ -252,6 +267,27 @@ class VLMTrainingRecipe:
                                                 self.cfg.export.hf_dir, dtype=torch.float32))
         if self.rank0:
             (self.run_dir / "summary.json").write_text(json.dumps(out, indent=2) + "\n")
+        return out
+
+    def data_summary(self) -> dict[str, Any]:
+        """Per epoch of this rank: input = trained + skipped (by reason) + pending (0 once the epoch is complete)."""
+        dm = self.datamodule
+        mine = {"dp_rank": self.info["dp_rank"], "samples": [dm.start, dm.end], "epochs": dm.report(),
+                "totals": dm.stats}
+        ranks = [mine]
+        if torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1:
+            ranks = [None] * torch.distributed.get_world_size()
+            torch.distributed.all_gather_object(ranks, mine)
+        by_dp = {r["dp_rank"]: r for r in ranks}  # TP/PP ranks of one replica read the same data
+        out = {"per_rank": [by_dp[k] for k in sorted(by_dp)]}
+        if self.rank0:
+            for r in out["per_rank"]:
+                for e in r["epochs"]:
+                    skipped = sum(e["skipped"].values())
+                    why = f" ({', '.join(f'{k} {v}' for k, v in e['skipped'].items())})" if skipped else ""
+                    print(f"[data] rank {r['dp_rank']} epoch {e['epoch']}: input {e['input']} = trained {e['trained']}"
+                          f" + skipped {skipped}{why} + pending {e['pending']}"
+                          f"{'' if e['complete'] else ' (epoch in progress)'}", flush=True)
         return out
 
     def cleanup(self) -> None:

@@ -1,4 +1,5 @@
-"""Data modules: mixtures, shards (determinism, resume, skip accounting), preprocessing, packing, streaming."""
+"""Data modules: mixtures, shards (determinism, resume, skip accounting), preprocessing, packing. The energon
+loader (resume, accounting, balance) is in test_loader.py; each kind of bad input in test_bad_inputs.py."""
 
 import json
 import math
@@ -11,11 +12,10 @@ from PIL import Image
 
 from ecomvlm.data_modules.chat_templates import get_chat_format
 from ecomvlm.data_modules.config import DataConfig
-from ecomvlm.data_modules.loader import VLMDataModule, iter_tar_samples
 from ecomvlm.data_modules.mixture import MixtureEntry, load_mixture
 from ecomvlm.data_modules.packing import block_causal_mask, collate_rows, first_fit
 from ecomvlm.data_modules.preprocess import ImageSpec, SampleTooLong, build_sample
-from ecomvlm.data_modules.shards import ShardConfig, make_shards
+from ecomvlm.data_modules.shards import ShardConfig, iter_tar_samples, make_shards
 
 SPEC = ImageSpec(mode="fixed", image_size=32, patch_size=8, image_mean=(0.5,) * 3, image_std=(0.5,) * 3)  # 16 tokens
 
@@ -245,62 +245,6 @@ def test_packed_row_gives_the_same_losses_as_separate_samples(megatron_single, t
             alone = model(one["input_ids"], one["position_ids"], labels=one["labels"],
                           **{k: one[k] for k in ("pixel_values", "image_sizes", "image_tiles")})
             assert torch.allclose(loss_packed[0, a:b], alone[0, : b - a], atol=1e-5)
-
-
-# ---------------------------------------------------------------- streaming
-@pytest.fixture(scope="module")
-def shard_dir(tmp_path_factory, synth_data):
-    out = tmp_path_factory.mktemp("shards")
-    sources = [synth_data / "train" / "stage3_instruct.json", synth_data / "train" / "item_intel_train.json"]
-    make_shards(ShardConfig(sources, out, image_root=synth_data, samples_per_shard=10, workers=1))
-    return out
-
-
-def _dm(tok, shard_dir, rank=0, world=1, **kw):
-    cfg = DataConfig(shards=str(shard_dir), micro_batch_size=2, max_seq_length=400, pack_window=8, shuffle_buffer=6,
-                     **{"num_workers": 0, **kw})
-    return VLMDataModule(cfg, tok, "chatml", SPEC, tok.convert_tokens_to_ids("<image>"), rank=rank, world_size=world,
-                         seed=3)
-
-
-def test_ranks_see_disjoint_parts_that_cover_every_sample(tiny_tokenizers, shard_dir):
-    tok = tiny_tokenizers["chatml"]
-    seen = []
-    for rank in range(2):
-        ds = _dm(tok, shard_dir, rank, 2).dataset
-        seen.append([k for k, _, _ in ds._shuffled()])
-    assert not set(seen[0]) & set(seen[1])
-    total = sum(1 for p in shard_dir.glob("shard-*.tar") for _ in iter_tar_samples(p))
-    assert len(seen[0]) + len(seen[1]) == total
-
-
-def test_resumed_stream_continues_exactly(tiny_tokenizers, shard_dir):
-    tok = tiny_tokenizers["chatml"]
-    straight = _dm(tok, shard_dir)
-    it = straight.batches()
-    ref = [next(it) for _ in range(5)]
-    first = _dm(tok, shard_dir)
-    it1 = first.batches()
-    for _ in range(3):
-        next(it1)
-    state = first.state_dict()
-    resumed = _dm(tok, shard_dir)
-    resumed.load_state_dict(state)
-    it2 = resumed.batches()
-    for want in ref[3:]:
-        got = next(it2)
-        assert torch.equal(got["input_ids"], want["input_ids"]) and got["cu_seqlens"] == want["cu_seqlens"]
-
-
-@pytest.mark.parametrize("workers", [0, 2])
-def test_stream_counts_too_long_samples_across_workers(tiny_tokenizers, shard_dir, workers):
-    tok = tiny_tokenizers["chatml"]
-    dm = _dm(tok, shard_dir, num_workers=workers)
-    dm.cfg.max_seq_length = 100
-    it = dm.batches()
-    batches = [next(it) for _ in range(3)]
-    assert dm.stats["skipped:too_long"] > 0 and dm.stats["samples"] > 0
-    assert all(b["input_ids"].shape[1] <= 100 for b in batches)
 
 
 def _photo(w=1600, h=1200, seed=0) -> bytes:

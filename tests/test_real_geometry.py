@@ -137,4 +137,4 @@ def test_a_paper_row_trains_with_its_real_encoder_and_a_tiny_decoder(photos_384,
     import json
 
     s = json.loads((tmp_path / "run" / "summary.json").read_text())
-    assert len(s["losses"]) == 1 and s["losses"][0] > 0 and s["data_stats"]["samples"] >= 1
+    assert len(s["losses"]) == 1 and s["losses"][0] > 0 and s["data"]["per_rank"][0]["totals"]["trained"] >= 1
