@@ -75,6 +75,21 @@ def openai_content(text: str, images: list[Any]) -> list[dict[str, Any]]:
     return content
 
 
+def string_content(text: str, n_images: int) -> str:
+    """The user turn as one string for chat templates whose turns are strings (our exports), rendered the way vLLM
+    renders an OpenAI content list for such templates: the parts of `openai_content` joined by newlines, each image
+    as its `<image>` placeholder. Every backend then sends the model the same prompt."""
+    before, tail = split_images(text, n_images)
+    items: list[str] = []
+    for seg in before:
+        if seg.strip():
+            items.append(seg.strip())
+        items.append(IMAGE_TOKEN)
+    if tail.strip() or not items:
+        items.append(tail.strip())
+    return "\n".join(items)
+
+
 def chat_messages(text: str, images: list[Any], system: str | None) -> list[dict[str, Any]]:
     msgs: list[dict[str, Any]] = [{"role": "system", "content": system}] if system else []
     return msgs + [{"role": "user", "content": openai_content(text, images)}]
@@ -91,6 +106,7 @@ class HFBackend:
     model_dir: str
     batch_size: int = 8
     device: str = "cpu"
+    trust_remote_code: bool = False  # exports whose model ships as code (auto_map in config.json)
     name: str = "hf"
     last_latencies: list[float] = field(default_factory=list)
 
@@ -102,9 +118,10 @@ class HFBackend:
         import torch
         from transformers import AutoModelForImageTextToText, AutoProcessor
 
-        self.processor = AutoProcessor.from_pretrained(self.model_dir)
+        remote = {"trust_remote_code": True} if self.trust_remote_code else {}
+        self.processor = AutoProcessor.from_pretrained(self.model_dir, **remote)
         self.dtype = torch.float32 if self.device == "cpu" else torch.bfloat16
-        self.model = AutoModelForImageTextToText.from_pretrained(self.model_dir, dtype=self.dtype).to(
+        self.model = AutoModelForImageTextToText.from_pretrained(self.model_dir, dtype=self.dtype, **remote).to(
             self.device).eval()
         tok = self.processor.tokenizer
         tok.padding_side = "left"  # generation continues every row at the end
@@ -119,10 +136,9 @@ class HFBackend:
                 "device": self.device, "dtype": str(self.dtype).replace("torch.", ""), "batch_size": self.batch_size}
 
     def _prompt(self, text: str, n_images: int, system: str | None = None) -> str:
-        if IMAGE_TOKEN not in text:
-            text = f"{IMAGE_TOKEN}\n" * n_images + text
         if self.string_content:  # our exports: plain-text turns with <image> placeholders
-            msgs = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": text}]
+            msgs = ([{"role": "system", "content": system}] if system else []) + \
+                [{"role": "user", "content": string_content(text, n_images)}]
             return self.processor.tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
         before, tail = split_images(text, n_images)
         parts: list[dict[str, Any]] = []
@@ -190,7 +206,8 @@ class VLLMBackend:
         kw: dict[str, Any] = dict(model=self.model_dir, tensor_parallel_size=self.tensor_parallel_size,
                                   interleave_mm_strings=True)
         if self.max_images > 0:  # 0: a text-only model (e.g. a judge)
-            kw["limit_mm_per_prompt"] = {"image": self.max_images}
+            # no videos are sent; a zero video budget also spares exports without a video token vLLM's video profiling
+            kw["limit_mm_per_prompt"] = {"image": self.max_images, "video": 0}
         if self.max_model_len:
             kw["max_model_len"] = self.max_model_len
         return {**kw, **self.engine_kwargs}
@@ -341,16 +358,17 @@ DEFAULT_BATCH = {"hf": 8, "vllm": 64, "openai": 8}
 def make_backend(kind: str, model: str, *, batch_size: int | None = None, server_url: str | None = None,
                  served_model: str | None = None, max_images: int = 10, device: str = "cpu",
                  vllm_python: str | None = None, max_model_len: int | None = None,
-                 engine_kwargs: dict[str, Any] | None = None) -> Backend:
+                 engine_kwargs: dict[str, Any] | None = None, trust_remote_code: bool = False) -> Backend:
     """`batch_size`: the HF batch, the prompts per vLLM engine call, or the concurrent requests to a server."""
     if kind not in DEFAULT_BATCH:
         raise ValueError(f"unknown backend {kind!r}; choose hf, vllm or openai")
     batch = batch_size or DEFAULT_BATCH[kind]
     if kind == "hf":
-        return HFBackend(model, batch_size=batch, device=device)
+        return HFBackend(model, batch_size=batch, device=device, trust_remote_code=trust_remote_code)
     if kind == "vllm":
+        engine = {**({"trust_remote_code": True} if trust_remote_code else {}), **(engine_kwargs or {})}
         return VLLMBackend(model, max_images=max_images, python=vllm_python, max_model_len=max_model_len,
-                           engine_kwargs=engine_kwargs or {}, batch_size=batch)
+                           engine_kwargs=engine, batch_size=batch)
     if not server_url:
         raise ValueError("--backend openai needs --server-url (e.g. http://localhost:8000/v1)")
     return OpenAIBackend(server_url, served_model or model, concurrency=batch)

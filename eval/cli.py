@@ -34,6 +34,15 @@ def _eval(args: argparse.Namespace) -> int:
 
         benches = expand_benchmarks(args.benchmarks)
         public_paths = {}
+        if args.public_root:
+            from ecomvlm.eval.public import PUBLIC
+
+            root = Path(args.public_root)
+            for name in (b for b in benches if b in PUBLIC):
+                if not (root / name).exists():
+                    raise FileNotFoundError(f"--public-root {root} has no {name}/ folder; put the {name} copy there "
+                                            f"or pass --public-data {name}=PATH")
+                public_paths[name] = str(root / name)
         for spec in args.public_data or []:
             name, sep, path = spec.partition("=")
             if not sep:
@@ -83,7 +92,7 @@ def _eval(args: argparse.Namespace) -> int:
             backend = make_backend(args.backend, model, batch_size=args.batch_size, server_url=args.server_url,
                                    served_model=args.served_model, vllm_python=args.vllm_python,
                                    max_model_len=args.max_model_len, engine_kwargs=engine_kwargs,
-                                   max_images=args.max_images)
+                                   max_images=args.max_images, trust_remote_code=args.trust_remote_code)
 
             def show(b, m):
                 head = next((k for k in ("accuracy", "average", "f1", "perception") if k in m), None)
@@ -121,7 +130,10 @@ def register(sub) -> None:
                         description="Tables 1-3 of the paper for one or more models. Benchmarks: "
                                     "aspect_general, aspect_fashion, aspect_fashion_tc, fashion_apparel, "
                                     "fashion_sneakers_handbags, dae (group 'ecommerce'), item_intel, and the public "
-                                    "mmbench, mme, mmstar, cv_bench, textvqa, ai2d, mmmu, ecommmmu (group 'public').")
+                                    "mmbench, mme, mmstar, cv_bench, textvqa, ai2d, mmmu, ecommmmu (group 'public').",
+                        epilog="example:\n  ecomvlm eval --model ours=EXPORT_DIR --data DATA_DIR --benchmarks "
+                               "ecommerce,item_intel,ecommmmu --public-data ecommmmu=ECOMMMMU_DIR --out eval_out",
+                        formatter_class=argparse.RawDescriptionHelpFormatter)
     ev.add_argument("--model", action="append", help="[LABEL=]HF model dir (or served model name with --backend "
                                                       "openai); repeat to compare models side by side")
     ev.add_argument("--backend", choices=["hf", "vllm", "openai"], default="hf",
@@ -132,7 +144,10 @@ def register(sub) -> None:
     ev.add_argument("--benchmarks", default="ecommerce", help="comma list of names and/or groups (ecommerce, "
                                                               "public, all); default ecommerce")
     ev.add_argument("--public-data", action="append", metavar="NAME=PATH",
-                    help="local copy of a public benchmark (save_to_disk folder, parquet folder, or HF cache id)")
+                    help="local copy of a public benchmark: a Hub snapshot folder, a save_to_disk folder, one data "
+                         "file, or an HF id in the local cache (default: the benchmark's HF id)")
+    ev.add_argument("--public-root", help="a folder with one copy per public benchmark, named as the benchmark "
+                                          "(mmbench/, mme/, cv_bench/, ...); --public-data overrides one")
     ev.add_argument("--out", default="eval_out", help="results folder (per-benchmark JSON, table.md/.csv, plot)")
     ev.add_argument("--merge", action="append", metavar="RESULTS_JSON",
                     help="add the models of an earlier results.json to the tables (alone: rebuild the report)")
@@ -145,6 +160,8 @@ def register(sub) -> None:
                          "(env ECOMVLM_VLLM_PYTHON)")
     ev.add_argument("--vllm-engine-arg", action="append", metavar="KEY=VALUE",
                     help="extra vllm.LLM argument, VALUE as JSON (e.g. enforce_eager=true, dtype=float32)")
+    ev.add_argument("--trust-remote-code", action="store_true",
+                    help="run the model code a checkpoint ships (our remote-code exports: auto_map in config.json)")
     ev.add_argument("--max-model-len", type=int, default=None, help="--backend vllm: the engine's context length")
     ev.add_argument("--max-images", type=int, default=10, help="--backend vllm: images per prompt the engine takes")
     ev.add_argument("--hardware", help="what the model ran on, for Table 4 (default: detected; with --backend "
@@ -158,7 +175,9 @@ def register(sub) -> None:
                          "main = each product's first image")
     ev.add_argument("--ecommmmu-max-images", type=int, default=10,
                     help="eComMMMU images per sample; the rest are dropped and counted (the paper: 10)")
-    ev.add_argument("--max-new-tokens", type=int, default=64)
+    ev.add_argument("--max-new-tokens", type=int, default=None,
+                    help="answer length for every set but item_intel (default: each set's own: e-commerce 64, the "
+                         "public sets lmms-eval's, 16 or MMMU's 128)")
     ev.add_argument("--item-intel-max-new-tokens", type=int, default=512, help="item_intel answers are long JSON")
     ev.add_argument("--judge", choices=["rules", "llm"], default="rules",
                     help="item_intel judge: exact normalised match, or an LLM over an OpenAI-compatible endpoint")

@@ -187,8 +187,9 @@ def parse_reference(record: dict[str, Any]) -> dict[str, Any]:
         raise ValueError(f"item_intel record {record.get('id')!r}: the reference answer is not valid JSON ({e.msg} "
                          f"at character {e.pos}); fix the record (docs/DATA_FORMAT.md)") from None
     if not isinstance(obj, dict):
+        kind = type(obj if obj is not None else ref).__name__
         raise ValueError(f"item_intel record {record.get('id')!r}: the reference answer must be a JSON object in the "
-                         f"item-intelligence schema, not {type(ref).__name__}; fix the record (docs/DATA_FORMAT.md)")
+                         f"item-intelligence schema, not {kind}; fix the record (docs/DATA_FORMAT.md)")
     return obj
 
 

@@ -24,6 +24,7 @@ from ecomvlm.eval.scoring import parse_model_json, score_records
 ECOMMERCE = ["aspect_general", "aspect_fashion", "aspect_fashion_tc", "fashion_apparel",
              "fashion_sneakers_handbags", "dae"]
 ITEM_INTEL = "item_intel"
+ECOMMERCE_MAX_NEW_TOKENS = 64
 GROUPS = {"ecommerce": ECOMMERCE, "public": sorted(PUBLIC), "all": [*ECOMMERCE, ITEM_INTEL, *sorted(PUBLIC)]}
 KNOWN = [*ECOMMERCE, ITEM_INTEL, *sorted(PUBLIC)]
 
@@ -109,13 +110,15 @@ def _batch(backend: Backend) -> int | None:
 def evaluate(backend: Backend, label: str, benchmarks: list[str], out_dir: str | Path, *,
              data_dir: str | Path | None = None, public_paths: dict[str, str] | None = None,
              public_options: dict[str, dict[str, Any]] | None = None, limit: int | None = None,
-             max_new_tokens: int = 64, item_intel_max_new_tokens: int = 512, judge: Judge | None = None,
+             max_new_tokens: int | None = None, item_intel_max_new_tokens: int = 512, judge: Judge | None = None,
              json_retries: int = 2, matcher=None, progress=None, warmup: bool = True,
              hardware_note: str | None = None) -> dict[str, Any]:
     """Run `benchmarks` through `backend`; write <out>/<label>/<benchmark>.json; return {benchmark: metrics}.
 
-    Model answers to item_intel that are not JSON are re-generated with sampling (temperature 0.7, a new seed per
-    try) up to `json_retries` times; what still fails is counted in `unparsed` and scores 0.
+    `max_new_tokens`: one answer length for every set but item_intel; None gives each set its own (e-commerce 64,
+    the public sets lmms-eval's: 16, MMMU 128). Model answers to item_intel that are not JSON are re-generated with
+    sampling (temperature 0.7, a new seed per try) up to `json_retries` times; what still fails is counted in
+    `unparsed` and scores 0.
 
     Timing (Table 4): before the first timed benchmark one warm-up batch (the first batch of that benchmark) runs
     untimed, so latencies exclude model load and first-call costs (compilation, caches); `warmup=False` skips it
@@ -142,7 +145,7 @@ def evaluate(backend: Backend, label: str, benchmarks: list[str], out_dir: str |
                                                     options=public_options.get(bench))
             images = [r.pop("images") for r in recs]
             system = recs[0]["system"] if recs else None
-            n_tokens = max(max_new_tokens, recs[0]["max_new_tokens"]) if recs else max_new_tokens
+            n_tokens = max_new_tokens or (recs[0]["max_new_tokens"] if recs else 16)  # lmms-eval's lengths
         else:
             if data_dir is None:
                 raise ValueError(f"{bench} reads <data>/eval/{bench}.jsonl: pass --data")
@@ -157,16 +160,16 @@ def evaluate(backend: Backend, label: str, benchmarks: list[str], out_dir: str |
                 except (OSError, ValueError) as e:
                     raise ValueError(f"{bench} record {r.get('id')}: image unreadable ({e}); fix or drop the "
                                      f"record") from None
-            n_tokens = item_intel_max_new_tokens if bench == ITEM_INTEL else max_new_tokens
+            n_tokens = item_intel_max_new_tokens if bench == ITEM_INTEL else \
+                (max_new_tokens or ECOMMERCE_MAX_NEW_TOKENS)
         schema = ITEM_INTEL_SCHEMA if bench == ITEM_INTEL else None
         prompts = [r["prompt"] for r in recs]
-        warmup_s = None
         if warmup and recs and not getattr(backend, "_ecomvlm_warm", False):
             n_warm = min(len(recs), max(1, _batch(backend) or 8))
             t0 = time.perf_counter()
             backend.generate(prompts[:n_warm], images[:n_warm], max_new_tokens=n_tokens, json_schema=schema,
                              system=system)
-            warmup_s = time.perf_counter() - t0
+            backend._ecomvlm_warmup_s = time.perf_counter() - t0  # once per backend, reported with every set
             backend._ecomvlm_warm = True
         preds, lat, wall = _generate(backend, prompts, images, max_new_tokens=n_tokens, json_schema=schema,
                                      system=system, desc=f"{label}/{bench}")
@@ -192,7 +195,8 @@ def evaluate(backend: Backend, label: str, benchmarks: list[str], out_dir: str |
             metrics = score_public(bench, recs, preds, matcher=matcher)
         else:
             metrics = score_records(bench, recs, preds)
-        timing = timing_metrics(lat, wall, warm=bool(getattr(backend, "_ecomvlm_warm", False)), warmup_s=warmup_s,
+        timing = timing_metrics(lat, wall, warm=bool(getattr(backend, "_ecomvlm_warm", False)),
+                                warmup_s=getattr(backend, "_ecomvlm_warmup_s", None),
                                 batch=_batch(backend), backend=getattr(backend, "name", "?"), hardware=hw,
                                 regenerated=retried)
         metrics["sec_per_example"] = timing["sec_per_example"]

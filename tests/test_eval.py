@@ -31,11 +31,24 @@ def test_classification_maps_free_text_to_one_class():
 
 def test_dae_parses_json_and_key_value_lines():
     ref = {"Category": "Mug", "Colour": "Red", "Brand": "Acme", "Size": "350 ml"}
-    assert parse_attributes('```json\n{"Colour": "Red", "Brand": ["Acme"]}\n```') == {"Colour": "Red", "Brand": "Acme"}
+    assert parse_attributes('```json\n{"Colour": "Red", "Brand": ["Acme"]}\n```') == {"Colour": "Red",
+                                                                                     "Brand": ["Acme"]}
     s = dae_scores("Category: Mug\nColour: Blue\nBrand: ACME\nMaterial: Ceramic", ref)
     assert s["precision"] == pytest.approx(2 / 4) and s["recall"] == pytest.approx(2 / 4)
     assert s["f1"] == pytest.approx(0.5)
     assert dae_scores("I cannot tell.", ref) is None
+
+
+@pytest.mark.parametrize("pred, ref, p, r", [
+    ('{"Brand": ["Nike", "Adidas"]}', {"Brand": "Nike"}, 1.0, 1.0),  # a list states each of its values
+    ("Brand: Nike, Adidas", {"Brand": "Nike"}, 1.0, 1.0),  # so does a comma-separated line
+    ('{"Brand": ["Puma", "Adidas"]}', {"Brand": "Nike"}, 0.0, 0.0),
+    ('{"Colour": "Blue"}', {"Colour": ["Red", "Blue"]}, 1.0, 1.0),  # a reference may list several values
+    ('{"Size": "1,000 ml", "Brand": "Acme"}', {"Size": "1,000 ml", "Colour": "Red"}, 0.5, 0.5),  # commas in a value
+])
+def test_dae_list_values(pred, ref, p, r):
+    s = dae_scores(pred, ref)
+    assert (s["precision"], s["recall"]) == (pytest.approx(p), pytest.approx(r))
 
 
 def test_score_records_counts_unparsed_and_aggregates():
@@ -55,7 +68,7 @@ def test_runner_on_an_exported_model(megatron_single, tiny_tokenizers, synth_dat
     from ecomvlm.cli import main
     from ecomvlm.eval.public import score_mme
     from ecomvlm.recipes.config import model_config
-    from ecomvlm.recipes.models.hf_io import export_llava_hf
+    from ecomvlm.recipes.models.hf_export import export_hf
     from ecomvlm.recipes.models.parallel import ParallelConfig
     from ecomvlm.recipes.models.registry import resolve
     from ecomvlm.recipes.models.sharding import gather_full_state
@@ -65,8 +78,8 @@ def test_runner_on_an_exported_model(megatron_single, tiny_tokenizers, synth_dat
     cfg = resolve(model_config(["model=tiny_siglip_qwen3", "model.encoder.image_size=32"]),
                   image_token_id=tok.convert_tokens_to_ids("<image>"))
     torch.manual_seed(0)
-    hf = export_llava_hf(gather_full_state(build_vlm(cfg, ParallelConfig())), cfg, tok, tmp_path / "tiny",
-                         dtype=torch.float32)
+    hf = export_hf(gather_full_state(build_vlm(cfg, ParallelConfig())), cfg, tok, tmp_path / "tiny",
+                   dtype=torch.float32)
     # a public benchmark in its HF schema (MME pairs), read from a local save_to_disk folder
     import datasets
     from PIL import Image
@@ -86,6 +99,8 @@ def test_runner_on_an_exported_model(megatron_single, tiny_tokenizers, synth_dat
     assert res["tiny"]["aspect_general"]["n"] == 3
     per = json.loads((out / "tiny" / "dae.json").read_text())
     assert len(per["predictions"]) == 3 and per["metrics"]["sec_per_example"] > 0
+    assert per["backend_info"]["engine"] == "transformers" and per["metrics"]["timing"]["warm"] is True
+    assert per["metrics"]["timing"]["hardware"].startswith("CPU: ") and per["metrics"]["examples_per_s"] > 0
     ii = res["tiny"]["item_intel"]
     # a random model writes no JSON: every item is counted (and was re-generated once), none dropped
     assert ii["n"] == 3 and ii["n_scored"] == 3 and ii["judge"] == "rules-v1"
@@ -108,3 +123,121 @@ def test_runner_on_an_exported_model(megatron_single, tiny_tokenizers, synth_dat
     assert "| other |" in both and "| tiny |" in both
     assert main(["eval", "--model", str(hf), "--data", str(synth_data), "--benchmarks", "mmbench-cn"]) == 2
     assert main(["eval", "--model", str(hf), "--benchmarks", "item_intel", "--judge", "llm"]) == 2
+
+
+class ScriptedBackend:
+    """A backend double: answers from `answer(prompt, temperature)`, each prompt `delay_s` of latency, every call
+    recorded (what the runner sends: prompts, image counts, sampling, system turn)."""
+
+    name = "scripted"
+
+    def __init__(self, answer, batch_size=2, delay_s=0.01):
+        self.answer, self.batch_size, self.delay_s = answer, batch_size, delay_s
+        self.calls, self.last_latencies = [], []
+
+    @property
+    def call_size(self):
+        return 4
+
+    def describe(self):
+        return {"engine": "scripted", "device": "cpu"}
+
+    def generate(self, prompts, images, *, max_new_tokens=64, json_schema=None, temperature=0.0, seed=0, system=None):
+        import time
+
+        self.calls.append({"prompts": list(prompts), "n_images": [len(i) for i in images], "temperature": temperature,
+                           "system": system, "schema": json_schema is not None})
+        time.sleep(self.delay_s * len(prompts))
+        self.last_latencies = [self.delay_s * (i + 1) for i in range(len(prompts))]
+        return [self.answer(p, temperature) for p in prompts]
+
+
+def _item_intel_data(tmp_path, n=5):
+    from PIL import Image
+
+    (tmp_path / "eval").mkdir(parents=True)
+    Image.new("RGB", (8, 8), "red").save(tmp_path / "im.png")
+    ref = {"attributes": {"brand_name": "Acme", "colors": ["Red"]}}
+    rows = [{"id": f"it{i}", "prompt": f"Item {i}: extract the facts as JSON.", "images": ["im.png", "im.png"],
+             "answer": ref} for i in range(n)]
+    (tmp_path / "eval" / "item_intel.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    return tmp_path
+
+
+def test_table4_latency_is_warm_and_includes_json_regeneration(tmp_path):
+    """One warm-up batch is run untimed; an answer that needed a JSON re-generation is charged both passes; the
+    throughput is examples per second of generation wall time; backend and hardware are recorded."""
+    from ecomvlm.eval.report import tables_csv, tables_markdown
+    from ecomvlm.eval.runner import evaluate
+
+    good = json.dumps({"attributes": {"brand_name": "Acme", "colors": ["Red"]}})
+    backend = ScriptedBackend(lambda p, t: "not json" if "Item 3" in p and t == 0.0 else good)
+    data = _item_intel_data(tmp_path / "data")
+    res = evaluate(backend, "m", ["item_intel", "item_intel"], tmp_path / "out", data_dir=data, json_retries=2,
+                   hardware_note="1x test accelerator")
+    warm, timed, regen = backend.calls[0], backend.calls[1:3], backend.calls[3]
+    assert warm["prompts"] == [f"Item {i}: extract the facts as JSON." for i in range(2)]  # one batch, untimed
+    assert [len(c["prompts"]) for c in timed] == [4, 1] and regen["prompts"] == ["Item 3: extract the facts as JSON."]
+    assert regen["temperature"] == 0.7 and all(c["schema"] and c["n_images"][0] == 2 for c in backend.calls)
+    m = res["item_intel"]
+    t = m["timing"]
+    # latencies: chunk [0.01, 0.02, 0.03, 0.04] + [0.01]; item 3 adds its re-generation's 0.01
+    assert m["sec_per_example"] == pytest.approx((0.01 + 0.02 + 0.03 + 0.05 + 0.01) / 5)
+    assert t["warm"] is True and t["warmup_s"] > 0 and t["n_timed"] == 5 and t["regenerated"] == 1
+    assert t["wall_s"] >= 0.06 and m["examples_per_s"] == pytest.approx(5 / t["wall_s"])
+    assert t["backend"] == "scripted" and t["hardware"] == "1x test accelerator" and t["batch"] == 2
+    assert m["f1"] == pytest.approx(100.0) and m["model_retries"] == 1
+    assert len(backend.calls) == 7  # the second run of the set is not warmed up again: 2 + 1 more calls
+    saved = json.loads((tmp_path / "out" / "m" / "item_intel.json").read_text())
+    assert saved["backend_info"] == {"engine": "scripted", "device": "cpu"} and saved["host"]["cpu_cores"] >= 1
+    assert [round(p["latency_s"], 3) for p in saved["predictions"]] == [0.01, 0.02, 0.03, 0.05, 0.01]
+    md = tables_markdown({"m": res})
+    row = next(line for line in md.splitlines() if line.startswith("| m | scripted"))
+    assert "1x test accelerator" in row and f"{m['sec_per_example']:.3g}" in row and "(2)" in row
+    assert '"table4: examples/s (item_intel)"' in tables_csv({"m": res})
+    cold = evaluate(ScriptedBackend(lambda p, t: good), "c", ["item_intel"], tmp_path / "out", data_dir=data,
+                    warmup=False)
+    assert cold["item_intel"]["timing"]["warm"] is False and "(cold)" in tables_markdown({"c": cold})
+
+
+def test_runner_sends_the_benchmark_system_turn_and_images(tmp_path, monkeypatch):
+    """eComMMMU through the runner: the authors' system turn on every call, images after the text, the setting
+    and what the loader left out in the result."""
+    import shutil
+    from pathlib import Path
+
+    from ecomvlm.eval.public.loading import cached_image_path
+    from ecomvlm.eval.runner import evaluate
+
+    fix = Path(__file__).parent / "fixtures" / "public"
+    monkeypatch.setenv("ECOMVLM_IMAGE_CACHE", str(tmp_path / "cache"))
+    for i in range(24):
+        p = cached_image_path(f"https://m.media-amazon.com/images/I/fixture{i:02d}.jpg")
+        p.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(fix / "ecommmmu_images" / f"fixture{i:02d}.png", p)
+    backend = ScriptedBackend(lambda p, t: "yes")
+    res = evaluate(backend, "m", ["ecommmmu"], tmp_path / "out", public_paths={"ecommmmu": str(fix / "ecommmmu")},
+                   public_options={"ecommmmu": {"images": "main"}})
+    assert {c["system"] for c in backend.calls} == {"You are a helpful shopping assistant."}
+    sent = [p for c in backend.calls[1:] for p in c["prompts"]]
+    assert len(sent) == 9 and all(p.endswith("<image>") and not p.startswith("<image>") for p in sent)
+    m = res["ecommmmu"]
+    assert m["data"]["setting"] == {"subset": "gts", "images": "main", "max_images": 10}
+    assert m["data"]["source"]["split_column"]["other_splits"] == {"train": 2, "val": 2}
+    assert m["n"] == 9 and m["per_task"]["AP"] == 50.0  # "yes" is right for one of the two AP rows
+
+
+def test_plot_axes_for_all_zero_and_mixed_scale_panels(tmp_path):
+    from ecomvlm.eval.report import panel_axis, plot
+
+    assert panel_axis("mmbench", "accuracy", [0.0, 0.0]) == (0.0, pytest.approx(115.0), False)  # not 1e-9
+    assert panel_axis("mme", "perception", [0.0, None])[1] == pytest.approx(2300.0)
+    assert panel_axis("item_intel", "sec_per_example", [0.0, None]) == (0.0, 1.0, False)
+    lo, hi, log = panel_axis("item_intel", "sec_per_example", [0.004, 25.5])  # 4 orders of magnitude
+    assert log and lo < 0.004 and hi > 25.5
+    assert panel_axis("item_intel", "examples_per_s", [2.0, 5.0]) == (0.0, pytest.approx(5.9), False)
+    zeros = {"a": {"mmbench": {"accuracy": 0.0}, "item_intel": {"f1": 0.0, "sec_per_example": 0.003,
+                                                                "examples_per_s": 300.0}},
+             "b": {"mmbench": {"accuracy": 0.0}, "item_intel": {"f1": 0.0, "sec_per_example": 25.5,
+                                                                "examples_per_s": 0.04}}}
+    assert plot(zeros, tmp_path / "p.png").stat().st_size > 1000

@@ -60,10 +60,35 @@ def test_rule_judge_metrics_by_hand():
     ('{"predicted": [{"id": 9, "verdict": "correct"}]}', "outside 1..2"),
     ('{"predicted": [{"id": 1, "verdict": "correct"}, {"id": 2, "verdict": "incorrect"}], "reference_found": [7]}',
      "reference fact ids in 1..3"),
+    ('{"predicted": [{"id": true, "verdict": "correct"}, {"id": 2, "verdict": "correct"}]}', "need an integer id"),
+    ('{"predicted": [{"id": 1, "verdict": "correct"}, {"id": 2, "verdict": "correct"}], "reference_found": [true]}',
+     "reference fact ids in 1..3"),
+    ('{"predicted": [{"id": 1, "verdict": "incorrect"}, {"id": 2, "verdict": "unverifiable"}], '
+     '"reference_found": [1, 2, 3]}', "lists 3 reference facts but only 0 predicted facts are judged correct"),
+    ('{"predicted": [{"id": 1, "verdict": "correct"}, {"id": 2, "verdict": "correct"}], "reference_found": [2, 2]}',
+     "lists a reference fact twice"),
 ])
 def test_verdict_validation_names_the_problem(text, err):
     with pytest.raises(ValueError, match=err):
         validate_verdict(text, 2, 3)
+
+
+def test_reference_found_is_consistent_with_the_verdicts():
+    """One incorrect fact cannot find reference facts: the verdict is refused (and retried), never scored as
+    recall 0.75 with precision 0."""
+    v = validate_verdict('{"predicted": [{"id": 1, "verdict": "correct"}, {"id": 2, "verdict": "incorrect"}], '
+                         '"reference_found": [3]}', 2, 4)
+    assert v.predicted == ["correct", "incorrect"] and v.reference_found == {3}
+    with pytest.raises(ValueError, match="only 0 predicted facts"):
+        validate_verdict('{"predicted": [{"id": 1, "verdict": "incorrect"}], "reference_found": [1, 2, 3]}', 1, 4)
+
+
+def test_malformed_reference_names_the_record():
+    recs = [{"id": "sku-7", "answer": '{"attributes": {"brand_name": "Acme"'}]
+    with pytest.raises(ValueError, match="item_intel record 'sku-7': the reference answer is not valid JSON"):
+        score_item_intel(recs, ["{}"], RuleJudge())
+    with pytest.raises(ValueError, match="record 'sku-8': the reference answer must be a JSON object"):
+        score_item_intel([{"id": "sku-8", "answer": "[1, 2]"}], ["{}"], RuleJudge())
 
 
 def test_prompt_is_versioned_and_renders():

