@@ -1,53 +1,118 @@
-"""`ecomvlm launch`: a recipe -> an sbatch job (launcher/slurm.py does the work)."""
+"""`ecomvlm launch`: a recipe -> a checked plan (launcher/plan.py) -> a SLURM job by sbatch (launcher/slurm.py) or
+NeMo-Run (launcher/nemorun.py)."""
 
 from __future__ import annotations
 
 import argparse
-import os
-from pathlib import Path
+import sys
+
+EXECUTORS = ("sbatch", "nemo-run", "nemo-run-local")
+
+EXAMPLES = """examples:
+  ecomvlm launch siglip2_qwen3_8b_stage3_sft --cluster h100_8x --nodes 4 -- tokenizer.path=TOKENIZER_DIR \\
+      data.shards=SHARDS_DIR init.from_checkpoint=PREVIOUS_STAGE_RUN
+  # a job array, one task per combination (Hydra's sweep syntax: a=1,2 range(1,3) choice(x,y) glob(p*) [list])
+  ecomvlm launch tiny_siglip_qwen3_stage3_sft --cluster local -m -- tokenizer.path=TOKENIZER_DIR \\
+      data.shards=SHARDS_DIR 'optim.lr=1e-4,3e-4' 'optim.betas=[0.9,0.95],[0.9,0.999]'
+  # --executor nemo-run submits the same checked job through NeMo-Run's SlurmExecutor (its own venv:
+  # make nemo-run-env); --executor nemo-run-local runs it here with NeMo-Run's LocalExecutor
+"""
+
+
+def _note(msg: str) -> None:
+    print(f"ecomvlm launch: {msg}", file=sys.stderr)
 
 
 def _launch(args: argparse.Namespace) -> int:
-    import time
+    from ecomvlm.launcher.cluster import load_cluster
+    from ecomvlm.launcher.plan import make_plan
 
-    from ecomvlm.launcher.slurm import job_state, load_cluster, parse_sweep, render, submit, validate
-
+    if args.nodes is not None and args.nodes < 1:
+        raise ValueError(f"--nodes {args.nodes}: a job needs at least 1 node")
     cluster = load_cluster(args.cluster, nodes=args.nodes)
-    sweep = parse_sweep(args.sweep)
-    for combo in sweep:  # every array task's config must compose and fit the allocation
-        validate(args.recipe, [*args.overrides, *combo], cluster.world_size)
-    script = render(args.recipe, args.overrides, cluster, job_name=args.job_name, sweep=sweep,
-                    dependency=f"afterok:{args.after}" if args.after else None, workdir=os.getcwd())
+    plan = make_plan(args.recipe, args.overrides, cluster, job_name=args.job_name, sweeps=args.sweep,
+                     multirun=args.multirun, after=args.after, resume=args.resume,
+                     check_paths=not args.skip_path_check)
+    for t in plan.tasks:
+        for n in t.notes:
+            _note(f"{'task ' + str(t.index) + ': ' if plan.is_array else ''}{n}")
+    tasks = f"{len(plan.tasks)} task{'s' if plan.is_array else ''}"
+    if args.executor != "sbatch":
+        return _nemo_run(plan, args, tasks)
+    from ecomvlm.launcher.slurm import render, submit
+
+    script = render(plan)
     if args.dry_run:
         print(script, end="")
         return 0
-    job = submit(script, Path(cluster.log_dir) / "scripts")
-    print(f"submitted job {job.job_id} ({len(sweep)} task{'s' if len(sweep) > 1 else ''}); log {job.log_pattern}; "
-          f"script {job.script_path}")
-    if not args.wait:
+    job = submit(plan, script)
+    logs = job.log_paths if len(job.log_paths) <= 3 else [job.log_paths[0], "...", job.log_paths[-1]]
+    print(f"submitted job {job.job_id} ({tasks}); log{'s' if plan.is_array else ''} {' '.join(logs)}; "
+          f"script {job.script_path}", flush=True)
+    return _wait(job.job_id, plan) if args.wait else 0
+
+
+def _wait(job_id: str, plan) -> int:
+    from ecomvlm.launcher.slurm import describe, succeeded, wait
+
+    final = wait(job_id, [str(t.index) for t in plan.tasks] if plan.is_array else [""],
+                 report=lambda line: print(line, flush=True))
+    ok = succeeded(final)
+    if plan.is_array:
+        bad = [t for t, r in final.items() if not succeeded({t: r})]
+        print(f"job {job_id}: {len(final) - len(bad)} of {len(final)} tasks completed"
+              + (f"; not: {', '.join(describe(job_id, t, final[t]) for t in bad)}" if bad else ""))
+    return 0 if ok else 1
+
+
+def _nemo_run(plan, args: argparse.Namespace, tasks: str) -> int:
+    from ecomvlm.launcher import nemorun
+
+    kind = "local" if args.executor == "nemo-run-local" else "slurm"
+    result = nemorun.submit(plan, kind, dry_run=args.dry_run)
+    if args.dry_run:
+        print("\n".join(result["sbatch"]) if kind == "slurm" and result.get("sbatch") else
+              "".join(f"# NeMo-Run {kind} task script\n{s}" for s in result["scripts"]), end="")
         return 0
-    while True:
-        st = job_state(job.job_id)
-        if st["state"] in ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL"):
-            print(f"job {job.job_id}: {st['state']} (exit code {st['exit_code']})")
-            return 0 if st["state"] == "COMPLETED" else 1
-        time.sleep(2)
+    if kind == "local":
+        job = result["jobs"][0]
+        print(f"NeMo-Run local job {job['name']}: {job['state']}; log {job['log']}; experiment {result['exp_dir']}")
+        return 0 if job["state"] == "SUCCEEDED" else 1
+    job = result["jobs"][0]
+    jid = job["job_id"] if not plan.is_array else "<task job id>"
+    print(f"submitted job {job['job_id']} ({tasks}) through NeMo-Run, experiment {result['exp_id']}; logs "
+          f"{job['log_dir']}/log-{plan.name}_{jid}_<restart>.out (one per start)", flush=True)
+    return _wait(job["job_id"], plan) if args.wait else 0
+
+
+def _whole_number(s: str) -> int:
+    try:
+        return int(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{s!r} is not a whole number") from None
 
 
 def register(sub) -> None:
     la = sub.add_parser("launch", help="submit a recipe to SLURM: ecomvlm launch RECIPE --cluster NAME -- key=value",
-                        epilog="example:\n  ecomvlm launch siglip2_qwen3_8b_stage3_sft --cluster h100_8x --nodes 4 -- "
-                               "tokenizer.path=TOKENIZER_DIR data.shards=SHARDS_DIR",
-                        formatter_class=argparse.RawDescriptionHelpFormatter)
+                        epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     la.add_argument("recipe")
-    la.add_argument("overrides", nargs="*", help="Hydra overrides passed to the recipe")
+    la.add_argument("overrides", nargs="*", help="Hydra overrides passed to the recipe (after --)")
     la.add_argument("--cluster", default="local", help="conf/cluster/<name>.yaml or a path (default: local)")
-    la.add_argument("--nodes", type=int, default=None, help="override the cluster's node count")
-    la.add_argument("--sweep", action="append", default=[], metavar="KEY=V1,V2",
-                    help="job array over values (repeat for a grid), e.g. --sweep "
+    la.add_argument("--nodes", type=_whole_number, default=None, help="override the cluster's node count")
+    la.add_argument("--executor", choices=EXECUTORS, default="sbatch",
+                    help="sbatch (default); nemo-run: NeMo-Run's SlurmExecutor; nemo-run-local: its LocalExecutor")
+    la.add_argument("--sweep", action="append", default=[], metavar="KEY=VALUES",
+                    help="a job array over values (repeat for a grid; Hydra sweep syntax), e.g. --sweep "
                          "model=siglip2_qwen3_4b,siglip2_qwen3_8b")
-    la.add_argument("--after", default=None, metavar="JOBID", help="start after this job succeeded (afterok)")
-    la.add_argument("--job-name", default=None)
-    la.add_argument("--dry-run", action="store_true", help="print the sbatch script, submit nothing")
-    la.add_argument("--wait", action="store_true", help="wait for the job; exit non-zero if it failed")
+    la.add_argument("-m", "--multirun", action="store_true",
+                    help="sweeps among the overrides (a=1,2 range() choice() glob()) become a job array")
+    la.add_argument("--after", default=None, metavar="JOBID", help="start after this job succeeded (afterok); "
+                                                                   "cancelled by SLURM if it fails")
+    la.add_argument("--job-name", default=None, help="names the run directory <runs_root>/NAME (default: the recipe)")
+    la.add_argument("--resume", action="store_true",
+                    help="go on with the run already in <runs_root>/NAME (e.g. with a higher trainer.max_steps)")
+    la.add_argument("--skip-path-check", action="store_true",
+                    help="do not check that the paths in the config exist on this host")
+    la.add_argument("--dry-run", action="store_true", help="check everything, print the sbatch script, submit nothing")
+    la.add_argument("--wait", action="store_true", help="wait for the job (every array task); exit 1 if one failed")
     la.set_defaults(func=_launch)

@@ -148,9 +148,9 @@ def check_cluster(c: ClusterConfig) -> ClusterConfig:
     limit = time_limit_seconds(c.time)
     if limit is None:
         raise ValueError(f"{where}: time={c.time!r} is not a SLURM time limit: {_KINDS['time'][1]}")
-    if c.requeue and c.signal_seconds >= limit:
+    if c.signal_seconds >= limit:
         raise ValueError(f"{where}: signal_seconds={c.signal_seconds} is not below the time limit {c.time} "
-                         f"({limit} s): the save-and-requeue signal would come before training starts; lower "
+                         f"({limit} s): the save-on-signal warning would come before training starts; lower "
                          f"signal_seconds or raise time")
     if c.gpus_per_node == 0 and c.tasks_per_node is None:
         raise ValueError(f"{where}: gpus_per_node is 0, so set tasks_per_node (processes per node), e.g. "

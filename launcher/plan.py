@@ -79,7 +79,7 @@ def _one_line(e: BaseException) -> str:
 
 
 def safe_name(s: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", s).strip("_.")[:120] or "run"
+    return re.sub(r"_+", "_", re.sub(r"[^A-Za-z0-9_.-]+", "_", s)).strip("_.")[:120] or "run"
 
 
 def check_job_name(name: str) -> str:
@@ -172,9 +172,9 @@ def _check_paths(cfg: Any, cluster: ClusterConfig, workdir: str, after: str | No
         if key == "init.from_checkpoint" and after:
             notes.append(f"init.from_checkpoint={value} does not exist yet: job {after} (--after) should write it")
             continue
-        raise ValueError(f"{key}={value}: {what} not found at {host} on this host{inside} (relative paths are "
-                         f"relative to the submit directory {workdir}); fix the path, or pass --skip-path-check if "
-                         f"only the compute nodes see it")
+        raise ValueError(f"{key}={value} ({what}) does not exist on this host (looked at {host}{inside}; relative "
+                         f"paths are relative to the submit directory {workdir}); fix the path, or pass "
+                         f"--skip-path-check if only the compute nodes see it")
 
 
 def _check_run_dir(cfg: Any, run_dir: str, cluster: ClusterConfig, workdir: str, *, resume: bool,
@@ -201,10 +201,10 @@ def _check_run_dir(cfg: Any, run_dir: str, cluster: ClusterConfig, workdir: str,
     saved = host / "config.json"
     if saved.is_file():
         from ecomvlm.recipes.config import as_dict
-        from ecomvlm.recipes.vlm_train import RESUME_FREE, _differences
+        from ecomvlm.recipes.vlm_train import RESUME_FREE, settings_differences
 
         diffs = [f"{k}: {a!r} (saved) -> {b!r} (now)"
-                 for k, a, b in _differences(json.loads(saved.read_text()), as_dict(cfg), RESUME_FREE)]
+                 for k, a, b in settings_differences(json.loads(saved.read_text()), as_dict(cfg), RESUME_FREE)]
         if diffs:
             raise ValueError(f"{run_dir} was started with other settings ({'; '.join(diffs[:6])}): resume it with "
                              f"the saved settings, or {other_name} (init.from_checkpoint={run_dir} starts a new "
@@ -227,6 +227,12 @@ def live_jobs(name: str) -> list[tuple[str, str, str]]:
 
 def _check_queue(name: str, workdir: str, after: str | None) -> None:
     after_base = after.split("_")[0] if after else None
+    if after and shutil.which("scontrol"):
+        from ecomvlm.launcher.slurm import job_states
+
+        if job_states(after) is None:
+            raise ValueError(f"--after {after}: SLURM knows no such job (ended jobs are forgotten after the "
+                             f"cluster's MinJobAge); check the id with squeue, or drop --after")
     for job_id, state, wd in live_jobs(name):
         if os.path.realpath(wd) == os.path.realpath(workdir) and job_id.split("_")[0] != after_base:
             raise ValueError(f"job {job_id} ({state}) is already called {name} and runs from {workdir}: both would "
@@ -234,15 +240,11 @@ def _check_queue(name: str, workdir: str, after: str | None) -> None:
                              f"{job_id.split('_')[0]}, or choose another --job-name")
 
 
-def make_plan(recipe: str, overrides: list[str], cluster: ClusterConfig, *, job_name: str | None = None,
-              sweeps: list[str] | None = None, multirun: bool = False, after: str | None = None, resume: bool = False,
-              workdir: str | None = None, check_paths: bool = True, check_queue: bool = True) -> Plan:
+def _split(overrides: list[str], sweeps: list[str] | None, multirun: bool, cluster: ClusterConfig,
+           ) -> tuple[list[str], list[list[str]]]:
+    """(the overrides every task shares, one list of swept values per task)."""
     from ecomvlm.recipes.cli import MULTIRUN_FLAGS, expand_multirun
 
-    workdir = os.path.abspath(workdir or os.getcwd())
-    name = check_job_name(job_name or recipe)
-    if after is not None and not JOB_ID_RE.fullmatch(str(after)):
-        raise ValueError(f"--after {after!r}: expected a SLURM job id, e.g. --after 12345")
     multirun = multirun or any(o in MULTIRUN_FLAGS for o in overrides)
     overrides = [o for o in overrides if o not in MULTIRUN_FLAGS]
     for o in [*overrides, *(sweeps or [])]:
@@ -251,12 +253,26 @@ def make_plan(recipe: str, overrides: list[str], cluster: ClusterConfig, *, job_
                              f"name it with --job-name, or move it with the cluster's runs_root")
     shared, combos = expand_multirun(overrides, multirun=multirun)
     shared_s, combos_s = expand_multirun(list(sweeps or []), multirun=True)
-    combos = [[*a, *b] for a in combos for b in combos_s]
-    shared += shared_s
+    return shared + shared_s, [[*a, *b] for a in combos for b in combos_s]
+
+
+def _run_dir(cluster: ClusterConfig, name: str, combos: list[list[str]], i: int) -> str:
     base = f"{cluster.runs_root.rstrip('/')}/{name}"
+    return f"{base}/{i}_{safe_name('_'.join(combos[i]))}" if len(combos) > 1 else base
+
+
+def make_plan(recipe: str, overrides: list[str], cluster: ClusterConfig, *, job_name: str | None = None,
+              sweeps: list[str] | None = None, multirun: bool = False, after: str | None = None, resume: bool = False,
+              workdir: str | None = None, check_paths: bool = True, check_queue: bool = True) -> Plan:
+    """The checked plan (see the module docstring); ValueError naming the setting and the fix otherwise."""
+    workdir = os.path.abspath(workdir or os.getcwd())
+    name = check_job_name(job_name or recipe)
+    if after is not None and not JOB_ID_RE.fullmatch(str(after)):
+        raise ValueError(f"--after {after!r}: expected a SLURM job id, e.g. --after 12345")
+    shared, combos = _split(overrides, sweeps, multirun, cluster)
     tasks = []
     for i, combo in enumerate(combos):
-        run_dir = f"{base}/{i}_{safe_name('_'.join(combo))}" if len(combos) > 1 else base
+        run_dir = _run_dir(cluster, name, combos, i)
         where = f"array task {i} ({' '.join(combo)}): " if len(combos) > 1 else ""
         notes: list[str] = []
         try:
@@ -273,4 +289,16 @@ def make_plan(recipe: str, overrides: list[str], cluster: ClusterConfig, *, job_
         tasks.append(Task(i, combo, run_dir, env, notes))
     if check_queue:
         _check_queue(name, workdir, after)
+    return Plan(recipe, shared, cluster, name, workdir, tasks, after)
+
+
+def unchecked_plan(recipe: str, overrides: list[str], cluster: ClusterConfig, *, job_name: str | None = None,
+                   sweeps: list[str] | None = None, after: str | None = None, workdir: str | None = None) -> Plan:
+    """The plan without composing or checking anything (no torch or Hydra needed unless there are sweeps)."""
+    workdir = os.path.abspath(workdir or os.getcwd())
+    name = check_job_name(job_name or recipe)
+    if after is not None and not JOB_ID_RE.fullmatch(str(after)):
+        raise ValueError(f"--after {after!r}: expected a SLURM job id, e.g. --after 12345")
+    shared, combos = _split(overrides, sweeps, False, cluster) if sweeps else (list(overrides), [[]])
+    tasks = [Task(i, combo, _run_dir(cluster, name, combos, i), {}, []) for i, combo in enumerate(combos)]
     return Plan(recipe, shared, cluster, name, workdir, tasks, after)

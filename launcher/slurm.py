@@ -37,9 +37,18 @@ from typing import Callable
 
 from ecomvlm.launcher.plan import PREEMPTED_EXIT_CODE, Plan
 
+
+class SlurmError(OSError):
+    """SLURM refused a request or could not answer (the CLI prints it as one line, like other user errors)."""
+
+
 TERMINAL = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "PREEMPTED", "BOOT_FAIL",
             "DEADLINE", "SPECIAL_EXIT", "REVOKED"}
 NEVER = "DependencyNeverSatisfied"
+# Ranks that saved on a signal exit 75 one after another, and rank 0 still writes the run's summary: a non-zero exit
+# must not kill the others at once (--kill-on-bad-exit=1 did, turning a clean save into exit 143). Instead every
+# task gets 60 s after the first one ends (a crashed rank's peers, stuck in a collective, are ended then).
+SRUN_FLAGS = ["--label", "--kill-on-bad-exit=0", "--wait=60"]
 
 
 def task_command(plan: Plan, *, python: str | None = None) -> list[str]:
@@ -103,7 +112,7 @@ def render(plan: Plan) -> str:
     for raw in c.extra_sbatch:
         flag, eq, value = raw.partition("=")
         lines.append(f"#SBATCH {flag}={q(value)}" if eq else f"#SBATCH {flag}")
-    srun = ["srun", "--label", "--kill-on-bad-exit=1", *container_flags(plan)]
+    srun = ["srun", *SRUN_FLAGS, *container_flags(plan)]
     cmd = " ".join([*srun, *task_command(plan), '"${OVERRIDES[@]}"', '"${SWEEP[@]}"'])
     max_requeues = c.max_requeues if c.requeue else 0
     lines += [
@@ -161,7 +170,7 @@ def submit(plan: Plan, script: str) -> Submitted:
     proc = subprocess.run(["sbatch", "--parsable", str(path)], capture_output=True, text=True, cwd=plan.workdir)
     if proc.returncode != 0:
         msg = " ".join(proc.stderr.split()) or f"exit code {proc.returncode}"
-        raise RuntimeError(f"sbatch refused {path}: {msg}")
+        raise SlurmError(f"sbatch refused {path}: {msg}")
     job_id = proc.stdout.strip().split(";")[0]
     return Submitted(job_id, path, plan.log_paths(job_id))
 
@@ -185,7 +194,7 @@ def job_states(job_id: str) -> dict[str, dict[str, str]] | None:
     if proc.returncode != 0:
         if "Invalid job id" in proc.stderr:
             return None
-        raise RuntimeError(f"scontrol show job {job_id}: {' '.join(proc.stderr.split())}")
+        raise SlurmError(f"scontrol show job {job_id}: {' '.join(proc.stderr.split())}")
     out: dict[str, dict[str, str]] = {}
     for line in proc.stdout.splitlines():
         f = dict(re.findall(r"(\w+)=(\S*)", line))
@@ -221,9 +230,9 @@ def wait(job_id: str, tasks: list[str], *, poll_s: float = 2.0, timeout_s: float
         states = job_states(job_id)
         if states is None:
             if seen:  # purged: SLURM keeps ended jobs only for MinJobAge
-                raise RuntimeError(f"job {job_id} is no longer known to SLURM (ended and purged); its log has the "
+                raise SlurmError(f"job {job_id} is no longer known to SLURM (ended and purged); its log has the "
                                    f"outcome ('[ecomvlm] exit code N')")
-            raise ValueError(f"job {job_id} is not known to SLURM")
+            raise SlurmError(f"job {job_id} is not known to SLURM")
         seen = True
         now = {t: states.get(t) or {"state": "PENDING", "exit_code": "?", "reason": "", "restarts": "0",
                                     "dependency": "", "job_id": ""} for t in tasks}

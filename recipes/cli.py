@@ -25,6 +25,15 @@ def _one_line(e: BaseException) -> str:
     return " ".join(str(e).split())
 
 
+def _hydra_value(s: str) -> str:
+    """A string as a Hydra override value: as is when the grammar takes it unquoted, else single-quoted."""
+    import re
+
+    if re.fullmatch(r"[\w./:+@%-]+", s):
+        return s
+    return "'" + s.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
 def _config_loader():
     """Hydra's loader over conf/ (what glob() sweeps over config groups need to list the options)."""
     from hydra._internal.config_loader_impl import ConfigLoaderImpl
@@ -105,13 +114,13 @@ def _multirun(args: argparse.Namespace, overrides: list[str]) -> int:
     from ecomvlm.recipes.config import compose, to_config
 
     shared, jobs = expand_multirun(overrides)
-    run_dirs = [o.partition("=")[2] for o in shared if o.partition("=")[0].lstrip("+") == "run.dir"]
+    base = OmegaConf.select(compose(args.recipe, shared), "run.dir")  # the user's run.dir=, or the recipe's
     shared = [o for o in shared if o.partition("=")[0].lstrip("+") != "run.dir"]
-    base = run_dirs[-1] if run_dirs else OmegaConf.select(compose(args.recipe, shared), "run.dir")
     cfgs = []
     for i, job in enumerate(jobs):
         try:
-            cfgs.append(to_config(compose(args.recipe, [*shared, *job, f"run.dir={base}/{i}"])))
+            run_dir = _hydra_value(f"{base}/{i}")
+            cfgs.append(to_config(compose(args.recipe, [*shared, *job, f"run.dir={run_dir}"])))
         except Exception as e:
             raise ValueError(f"multirun job {i} ({' '.join(job) or 'no sweep'}): {_one_line(e)}") from None
     if args.dry_run:
@@ -120,8 +129,8 @@ def _multirun(args: argparse.Namespace, overrides: list[str]) -> int:
             _print_plan(cfg, args.nproc)
         return 0
     sweep_args = [o for o in overrides if o not in shared and o.partition("=")[0].lstrip("+") != "run.dir"]
-    hydra_args = ["--multirun", *shared, *sweep_args, f"hydra.sweep.dir={base}", "hydra.sweep.subdir=${hydra.job.num}",
-                  "hydra.job.chdir=false", "run.dir=${hydra:runtime.output_dir}"]
+    hydra_args = ["--multirun", *shared, *sweep_args, f"hydra.sweep.dir={_hydra_value(str(base))}",
+                  "hydra.sweep.subdir=${hydra.job.num}", "hydra.job.chdir=false", "run.dir=${hydra:runtime.output_dir}"]
     print(f"multirun: {len(jobs)} job(s) one after another in {base}/<job>", flush=True)
     app = ["-m", "ecomvlm.recipes.vlm_train", "--config-name", args.recipe, *hydra_args]
     if args.nproc > 1:
