@@ -61,3 +61,154 @@ class OpenAIChatClient:
             if attempt < self.http_retries:
                 time.sleep(self.backoff_s * 2 ** attempt)
         raise ConnectionError(f"chat endpoint {self.base_url} failed: {last}")
+
+
+@dataclass
+class CallResult:
+    """One structured call's outcome: ``value`` (the parsed answer) or ``error`` (why it failed after retries), and
+    what it cost."""
+
+    value: Any = None
+    error: str | None = None  # None | "timeout" | "http_<code>" | "transport" | "malformed" | "refused" | ...
+    detail: str = ""
+    attempts: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+
+class AsyncChatClient:
+    """Bounded-concurrency async OpenAI-compatible client for the data stages (curation, item intelligence).
+
+    - at most ``concurrency`` requests in flight (a semaphore shared by every call of this client);
+    - transport errors, timeouts, 408/409/429 and 5xx are retried with exponential backoff (+ jitter), up to
+      ``http_retries`` times; other 4xx are not (the request is wrong);
+    - :meth:`chat_json` asks for JSON-schema output and checks it with ``validate`` (returns an error message or
+      None); an answer that is not JSON or fails the check is asked again with the error fed back, up to
+      ``format_retries`` times, then reported as ``malformed``;
+    - counters (requests, retries, errors by kind, tokens) in ``self.counters``; the API key comes from the
+      environment variable ``api_key_env`` and is never logged.
+    """
+
+    def __init__(self, base_url: str, model: str, *, api_key_env: str = "OPENAI_API_KEY", concurrency: int = 16,
+                 timeout_s: float = 120.0, http_retries: int = 4, backoff_s: float = 0.5,
+                 format_retries: int = 2) -> None:
+        import asyncio
+        from collections import Counter
+
+        if concurrency < 1:
+            raise ValueError(f"concurrency must be >= 1, got {concurrency}")
+        self.base_url = base_url.rstrip("/")
+        if not self.base_url.endswith("/v1"):
+            self.base_url += "/v1"
+        self.model, self.timeout_s = model, timeout_s
+        self.http_retries, self.backoff_s, self.format_retries = http_retries, backoff_s, format_retries
+        self.concurrency = concurrency
+        self._key = os.environ.get(api_key_env, "")
+        self._sem = asyncio.Semaphore(concurrency)
+        self._http = None
+        self.counters: Counter = Counter()
+
+    def __repr__(self) -> str:
+        return f"AsyncChatClient(base_url={self.base_url!r}, model={self.model!r}, concurrency={self.concurrency})"
+
+    async def __aenter__(self) -> "AsyncChatClient":
+        import httpx
+
+        headers = {"Content-Type": "application/json"}
+        if self._key:
+            headers["Authorization"] = f"Bearer {self._key}"
+        limits = httpx.Limits(max_connections=self.concurrency, max_keepalive_connections=self.concurrency)
+        self._http = httpx.AsyncClient(timeout=self.timeout_s, headers=headers, limits=limits)
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        if self._http is not None:
+            await self._http.aclose()
+            self._http = None
+
+    async def _post(self, body: dict[str, Any]) -> tuple[str | None, CallResult]:
+        """(content or None, result with error/attempts/tokens) of one chat request, transport-retried."""
+        import asyncio
+        import random
+
+        import httpx
+
+        res = CallResult()
+        for attempt in range(self.http_retries + 1):
+            res.attempts += 1
+            self.counters["requests"] += 1
+            try:
+                async with self._sem:
+                    r = await self._http.post(f"{self.base_url}/chat/completions", json=body)
+            except httpx.TimeoutException as e:
+                res.error, res.detail = "timeout", f"{type(e).__name__}"
+            except httpx.HTTPError as e:
+                res.error, res.detail = "transport", f"{type(e).__name__}: {e}"[:200]
+            else:
+                if r.status_code == 200:
+                    try:
+                        doc = r.json()
+                        content = doc["choices"][0]["message"].get("content")
+                        usage = doc.get("usage") or {}
+                    except (ValueError, KeyError, IndexError, TypeError) as e:
+                        res.error, res.detail = "malformed_response", f"{type(e).__name__}: {r.text[:200]}"
+                        self.counters["errors:malformed_response"] += 1
+                        return None, res
+                    res.prompt_tokens += int(usage.get("prompt_tokens") or 0)
+                    res.completion_tokens += int(usage.get("completion_tokens") or 0)
+                    self.counters["prompt_tokens"] += int(usage.get("prompt_tokens") or 0)
+                    self.counters["completion_tokens"] += int(usage.get("completion_tokens") or 0)
+                    res.error = None
+                    return content or "", res
+                res.error, res.detail = f"http_{r.status_code}", r.text[:200]
+                if r.status_code not in (408, 409, 429) and r.status_code < 500:
+                    break
+            self.counters[f"errors:{res.error}"] += 1
+            if attempt < self.http_retries:
+                self.counters["retries"] += 1
+                await asyncio.sleep(self.backoff_s * 2 ** attempt * (0.5 + random.random()))
+        self.counters[f"failed:{res.error}"] += 1
+        return None, res
+
+    async def chat(self, messages: list[dict[str, Any]], *, max_tokens: int = 512, temperature: float = 0.0,
+                   extra: dict[str, Any] | None = None) -> CallResult:
+        body = {"model": self.model, "messages": messages, "max_tokens": max_tokens, "temperature": temperature,
+                **(extra or {})}
+        content, res = await self._post(body)
+        res.value = content
+        return res
+
+    async def chat_json(self, messages: list[dict[str, Any]], schema: dict[str, Any], *,
+                        validate=None, max_tokens: int = 1024, temperature: float = 0.0,
+                        extra: dict[str, Any] | None = None) -> CallResult:
+        """A JSON answer of `schema`, checked; malformed answers are asked again with the error fed back."""
+        import json as _json
+
+        body = {"model": self.model, "messages": list(messages), "max_tokens": max_tokens,
+                "temperature": temperature, **(extra or {}),
+                "response_format": {"type": "json_schema",
+                                    "json_schema": {"name": "answer", "schema": schema, "strict": True}}}
+        total = CallResult()
+        for fmt_try in range(self.format_retries + 1):
+            content, res = await self._post(body)
+            total.attempts += res.attempts
+            total.prompt_tokens += res.prompt_tokens
+            total.completion_tokens += res.completion_tokens
+            if content is None:
+                total.error, total.detail = res.error, res.detail
+                return total
+            try:
+                value = _json.loads(content)
+                problem = validate(value) if validate else None
+            except ValueError as e:
+                value, problem = None, f"not JSON ({e})"
+            if problem is None:
+                total.value, total.error, total.detail = value, None, ""
+                return total
+            self.counters["format_retries"] += 1
+            total.error, total.detail = "malformed", f"{problem}: {content[:200]}"
+            body["messages"] = [*messages, {"role": "assistant", "content": content},
+                                {"role": "user", "content": f"That answer is invalid: {problem}. Answer again with "
+                                                            f"JSON that follows the schema exactly."}]
+        self.counters["failed:malformed"] += 1
+        return total

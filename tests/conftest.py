@@ -150,3 +150,55 @@ def scripted_server():
     _Scripted.script, _Scripted.seen = [], []
     yield f"http://127.0.0.1:{srv.server_port}", _Scripted
     srv.shutdown()
+
+
+class _FunctionEndpoint(BaseHTTPRequestHandler):
+    """/v1/chat/completions answered by ``respond(body) -> (status, content[, delay_s])``; counts requests in flight."""
+
+    respond = None
+    lock = threading.Lock()
+    in_flight = 0
+    max_in_flight = 0
+    requests = 0
+
+    def do_POST(self):  # noqa: N802
+        import time
+
+        cls = type(self)
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        with cls.lock:
+            cls.in_flight += 1
+            cls.requests += 1
+            cls.max_in_flight = max(cls.max_in_flight, cls.in_flight)
+        try:
+            out = cls.respond(body)
+            status, content, delay = (*out, 0.0) if len(out) == 2 else out
+            if delay:
+                time.sleep(delay)
+        finally:
+            with cls.lock:
+                cls.in_flight -= 1
+        payload = ({"choices": [{"message": {"role": "assistant", "content": content}}],
+                    "usage": {"prompt_tokens": 10, "completion_tokens": 5}} if status == 200 else {"error": content})
+        data = json.dumps(payload).encode() if content is not None or status != 200 else b"not json"
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *a):
+        pass
+
+
+@pytest.fixture
+def function_endpoint():
+    """(base URL, handler class): set handler.respond = fn(body) -> (status, content[, delay]). A real loopback HTTP
+    server (threaded: concurrent requests really overlap), no model."""
+    handler = type("Endpoint", (_FunctionEndpoint,), {"respond": None, "lock": threading.Lock(), "in_flight": 0,
+                                                      "max_in_flight": 0, "requests": 0})
+    srv = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    srv.daemon_threads = True
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{srv.server_port}", handler
+    srv.shutdown()
