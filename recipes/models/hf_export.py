@@ -117,9 +117,10 @@ def _llava_onevision(cfg: VLMConfig, tokenizer):
 
     enc = cfg.encoder
     aspect = f"anyres_max_{enc.anyres_max_tiles}"
+    tokenizer, video_id = _with_video_token(tokenizer, cfg.decoder.hf_vocab_size or cfg.decoder.vocab_size)
     config = LlavaOnevisionConfig(
         vision_config=enc.to_hf(), text_config=cfg.decoder.to_hf(), image_token_index=cfg.image_token_id,
-        video_token_index=cfg.decoder.hf_vocab_size or cfg.decoder.vocab_size,  # no video: an id no token has
+        video_token_index=video_id,
         projector_hidden_act="gelu", vision_feature_layer=-1, vision_feature_select_strategy="full",
         image_grid_pinpoints=enc.pinpoints, vision_aspect_ratio=aspect, multimodal_projector_bias=True,
         tie_word_embeddings=cfg.decoder.tie_word_embeddings)
@@ -132,6 +133,26 @@ def _llava_onevision(cfg: VLMConfig, tokenizer):
         num_image_tokens=enc.tokens_per_image, vision_feature_select_strategy="full", image_token=IMAGE_TOKEN,
         vision_aspect_ratio=aspect, chat_template=tokenizer.chat_template)
     return config, processor
+
+
+def _with_video_token(tokenizer, vocab_rows: int):
+    """(tokenizer, id) of a real ``<video>`` token for LLaVA-OneVision's config: vLLM profiles video inputs by
+    replacing that token. Added (in a copy) when the tokenizer has none and the embedding has a spare row; otherwise
+    the id past the vocabulary (no video: serve with ``--limit-mm-per-prompt '{"video": 0}'``)."""
+    import tempfile
+
+    from transformers import AutoTokenizer
+
+    vid = tokenizer.convert_tokens_to_ids("<video>")
+    if isinstance(vid, int) and vid != tokenizer.unk_token_id and vid is not None and vid < vocab_rows:
+        return tokenizer, vid
+    if len(tokenizer) >= vocab_rows:
+        return tokenizer, vocab_rows
+    with tempfile.TemporaryDirectory() as tmp:
+        tokenizer.save_pretrained(tmp)
+        copy = AutoTokenizer.from_pretrained(tmp)
+    copy.add_tokens(["<video>"], special_tokens=True)
+    return copy, copy.convert_tokens_to_ids("<video>")
 
 
 def _remote_code(cfg: VLMConfig, tokenizer):
@@ -150,7 +171,7 @@ def _remote_code(cfg: VLMConfig, tokenizer):
                            tie_word_embeddings=cfg.decoder.tie_word_embeddings)
     config.architectures = ["EcomVLMForConditionalGeneration"]
     config.auto_map = {"AutoConfig": "configuration_ecomvlm.EcomVLMConfig",
-                       "AutoModel": "modeling_ecomvlm.EcomVLMForConditionalGeneration",
+                       "AutoModel": "modeling_ecomvlm.EcomVLMModel",
                        "AutoModelForImageTextToText": "modeling_ecomvlm.EcomVLMForConditionalGeneration"}
     with tempfile.TemporaryDirectory() as tmp:  # Qwen2-VL's processor finds its placeholder as tokenizer.image_token
         tokenizer.save_pretrained(tmp)

@@ -103,7 +103,8 @@ def megatron_to_llava(full: Tensors, cfg: VLMConfig) -> Tensors:
     """Full megatron state -> HF LlavaForConditionalGeneration / LlavaOnevisionForConditionalGeneration tensors
     (transformers 5 names)."""
     p = LLAVA_PREFIXES
-    rules = [*decoder_rules(cfg, p["text"], p["head"]), *encoder_rules(cfg, p["vision"]),
+    tower = p["vision"] + cfg.encoder.hf_export_subprefix
+    rules = [*decoder_rules(cfg, p["text"], p["head"]), *encoder_rules(cfg, tower),
              *projector_rules(cfg, p["projector"])]
     if cfg.encoder.uses_image_newline:
         rules.append(Direct("image_newline", hf="model.image_newline"))

@@ -37,6 +37,8 @@ class EncoderConfig:
 
     hf_model_types: ClassVar[tuple[str, ...]] = ()
     hf_anchor: ClassVar[str] = ""  # a tensor name that marks where the tower sits in an HF checkpoint
+    # exported LLaVA checkpoints put the tower under model.vision_tower.<this> (the hub layout vLLM loads)
+    hf_export_subprefix: ClassVar[str] = ""
     llava_vision_tower: ClassVar[bool] = False  # HF LLaVA can hold this tower (export as LlavaForConditionalGeneration)
 
     def __post_init__(self) -> None:

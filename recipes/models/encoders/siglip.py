@@ -37,6 +37,7 @@ class SiglipConfig(EncoderConfig):
 
     hf_model_types: ClassVar[tuple[str, ...]] = ("siglip_vision_model", "siglip")
     hf_anchor: ClassVar[str] = "embeddings.patch_embedding.weight"
+    hf_export_subprefix: ClassVar[str] = "vision_model."  # SiglipVisionModel's own module name
     llava_vision_tower: ClassVar[bool] = True
 
     @property

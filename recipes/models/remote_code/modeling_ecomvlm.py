@@ -2,12 +2,21 @@
 with its patch merger, native resolution), ``model.multi_modal_projector`` (mlp2x_gelu), ``model.language_model``
 (any HF decoder) and ``lm_head`` - with image embeddings scattered into the ``<image>`` token positions."""
 
+import dataclasses
+
 import torch
 from torch import nn
 from transformers import LlavaForConditionalGeneration, LlavaModel
+from transformers.modeling_outputs import BaseModelOutputWithPooling
 from transformers.models.llava.modeling_llava import LlavaCausalLMOutputWithPast, LlavaModelOutputWithPast
 
 from .configuration_ecomvlm import EcomVLMConfig
+
+
+def _output(cls, source, **fields):
+    """`cls` filled from `source`'s fields that `cls` has (their names move between transformers releases)."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    return cls(**{k: v for k, v in {**dict(source), **fields}.items() if k in names})
 
 
 class EcomVLMModel(LlavaModel):
@@ -21,14 +30,18 @@ class EcomVLMModel(LlavaModel):
                                                         bias=config.multimodal_projector_bias)
         self.post_init()
 
-    def get_image_features(self, pixel_values, image_grid_thw=None, **kwargs):
-        """Images (Qwen2-VL patches + grid) -> projected embeddings, one tensor per image."""
+    def get_image_features(self, pixel_values, image_grid_thw=None, return_dict=False, **kwargs):
+        """Images (Qwen2-VL patches + grid) -> projected embeddings, one tensor per image (as ``pooler_output``, a
+        tuple, with ``return_dict=True``: what vLLM's Transformers backend asks for)."""
         if image_grid_thw is None:
             raise ValueError("EcomVLM needs image_grid_thw with pixel_values (the Qwen2-VL image processor makes both)")
         out = self.vision_tower(pixel_values, grid_thw=image_grid_thw, return_dict=True)
         feats = self.multi_modal_projector(out.pooler_output)
         merge = self.config.vision_config.spatial_merge_size
-        return list(torch.split(feats, (image_grid_thw.prod(-1) // merge ** 2).tolist()))
+        per_image = tuple(torch.split(feats, (image_grid_thw.prod(-1) // merge ** 2).tolist()))
+        if return_dict:
+            return BaseModelOutputWithPooling(last_hidden_state=feats, pooler_output=per_image)
+        return list(per_image)
 
     def forward(self, input_ids=None, pixel_values=None, attention_mask=None, position_ids=None, inputs_embeds=None,
                 image_grid_thw=None, mm_token_type_ids=None, **kwargs):
@@ -38,9 +51,10 @@ class EcomVLMModel(LlavaModel):
             feats = torch.cat(self.get_image_features(pixel_values, image_grid_thw)).to(inputs_embeds)
             mask = self.get_placeholder_mask(input_ids, inputs_embeds=inputs_embeds, image_features=feats)
             inputs_embeds = inputs_embeds.masked_scatter(mask, feats)
+        kwargs.pop("return_dict", None)
         out = self.language_model(attention_mask=attention_mask, position_ids=position_ids,
-                                  inputs_embeds=inputs_embeds, **kwargs)
-        return LlavaModelOutputWithPast(**out, image_outputs=None)
+                                  inputs_embeds=inputs_embeds, return_dict=True, **kwargs)
+        return _output(LlavaModelOutputWithPast, out)
 
 
 class EcomVLMForConditionalGeneration(LlavaForConditionalGeneration):
@@ -64,5 +78,4 @@ class EcomVLMForConditionalGeneration(LlavaForConditionalGeneration):
         if labels is not None:
             loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.text_config.vocab_size,
                                       **kwargs)
-        return LlavaCausalLMOutputWithPast(loss=loss, logits=logits, cache=out.cache, hidden_states=out.hidden_states,
-                                           attentions=out.attentions)
+        return _output(LlavaCausalLMOutputWithPast, out, loss=loss, logits=logits)
