@@ -32,6 +32,7 @@ def _shards(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.progress import Progress
 
+    from ecomvlm.data_modules import shard_folder
     from ecomvlm.data_modules import shards as sh
 
     console = Console(stderr=True)
@@ -39,14 +40,14 @@ def _shards(args: argparse.Namespace) -> int:
         if args.inputs:
             raise SystemExit("--verify/--upgrade take the shard folder only (the inputs are in its manifest)")
     if args.upgrade:
-        m = sh.upgrade_shards(Path(args.upgrade))
+        m = shard_folder.upgrade_shards(Path(args.upgrade))
         print(f"{args.upgrade}: {m['samples']} samples in {len(m['shards'])} shards indexed for energon; train on "
               f"it as it is (`ecomvlm data shards --verify {args.upgrade}` checks every tar)")
         return 0
     if args.verify:
         with Progress(console=console, transient=True) as progress:
             task = progress.add_task("verifying shards", total=None)
-            report = sh.verify_shards(Path(args.verify), rebuild=args.rebuild, workers=args.workers,
+            report = shard_folder.verify_shards(Path(args.verify), rebuild=args.rebuild, workers=args.workers,
                                       progress=lambda d, t: progress.update(task, completed=d, total=t))
         for name, problem in report["bad"].items():
             print(f"bad shard {name}: {problem}")
@@ -147,3 +148,4 @@ def register(sub) -> None:
                                                       "of the data; default: the YAML's folder)")
     mx.add_argument("--seed", type=int, default=0)
     mx.set_defaults(func=_mixture)
+

@@ -53,6 +53,10 @@ list.
 Paths: :func:`resolve_source` maps the file names of the paper's A.6 mixtures (``llava_ov/LLaVA-ReCap-558K.json``,
 ``llava_ov/meta_ov/LLaVA-OneVision-Data_<subset>.json``, ``llava_ov/synthdog_en_processed.json``; conf/data/) onto
 a local copy of the Hub snapshots when the converted JSON is not there (see :func:`published_candidates`).
+
+
+One module on purpose: every layout's reader shares the row counting and skip accounting above (its length is
+mostly this description of the published layouts).
 """
 
 from __future__ import annotations

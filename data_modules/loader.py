@@ -43,7 +43,8 @@ from ecomvlm.data_modules.config import DataConfig
 from ecomvlm.data_modules.llava_json import CORRUPT_IMAGE, record_problem
 from ecomvlm.data_modules.packing import PackedRow, collate_rows, first_fit_decreasing
 from ecomvlm.data_modules.preprocess import ImageSpec, SampleTooLong, build_sample, finish_pixels
-from ecomvlm.data_modules.shards import NV_META, load_manifest, shard_problem
+from ecomvlm.data_modules.shard_folder import load_manifest, shard_problem
+from ecomvlm.data_modules.shards import NV_META
 
 TOO_LONG = "too_long"
 BROKEN_SAMPLE = "broken_sample"  # a tar sample without its json or an image part

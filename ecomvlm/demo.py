@@ -1,15 +1,19 @@
 """`make demo` / `ecomvlm demo`: the main job on CPU, end to end, on a tiny SigLIP x Qwen3-style VLM.
 
-  1. synthesise e-commerce products (pictures with visible colour, category, brand, EAN, warnings) + LLaVA JSON
-  2. tiny ChatML tokenizer; WebDataset shards for each stage (`ecomvlm data shards` underneath)
-  3. the three LLaVA-OneVision stages with the real recipe (Lightning + megatron-core, megatron distributed
-     checkpoints, each stage starting from the previous stage's checkpoint), then item-intelligence fine-tuning
-     from stage 3 (a task model, as in the paper)
-  4. export to HF LLaVA directories and answer held-out colour / category questions with `transformers`
-     generation before and after training; item-intelligence JSON answers from the stage-3 and the fine-tuned model
+Phases (each timed; the table is printed at the end and stored in ``demo_result.json``):
 
-A tiny model starts from random weights here (no pretrained backbones can be downloaded), so the stages use a
-higher learning rate than the paper's; everything else is the code path of a real run.
+  1. synthesise e-commerce products (pictures with visible colour, category, brand, EAN, warnings) + LLaVA JSON
+  2. a tiny ChatML tokenizer; shards for each stage (`ecomvlm data shards` underneath)
+  3. the untrained model exported to HF and asked held-out colour / category questions
+  4. the three LLaVA-OneVision stages with the real recipe (Lightning + megatron-core, megatron distributed
+     checkpoints, each stage from the previous stage's checkpoint), then item-intelligence fine-tuning from stage 3
+  5. export (`ecomvlm export`) and the same questions again
+  6. `ecomvlm eval`: Table 1 (e-commerce sets) and Table 3 (item intelligence, rule judge) on held-out items
+
+Everything runs in this one process (one import of torch / megatron / transformers, one tokenizer, shards made
+once). A tiny model starts from random weights (no pretrained backbones can be downloaded), so the stages use a
+higher learning rate than the paper's; everything else is the code path of a real run. ``--quick`` is a smoke run of
+every phase at a size where nothing is learned (seconds instead of minutes).
 """
 
 from __future__ import annotations
@@ -17,152 +21,261 @@ from __future__ import annotations
 import json
 import shutil
 import time
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 from rich.table import Table
 
 console = Console()
 
-STAGES = [  # (recipe, shards, steps, steps in --quick)
-    ("stage1_alignment", "stage1", 60, 6),
-    ("stage2_mid", "stage2", 120, 6),
-    ("stage3_sft", "stage3", 600, 12),
-    ("item_intel_ft", "item_intel", 150, 4),
-]
+
+@dataclass(frozen=True)
+class DemoSize:
+    items: int
+    eval_items: int
+    steps: dict[str, int]  # per recipe
+    eval_limit: int  # records per Table-1 / Table-3 set
+    eval_tokens: int
+
+
+FULL = DemoSize(items=800, eval_items=100, eval_limit=40, eval_tokens=48,
+                steps={"stage1_alignment": 60, "stage2_mid": 120, "stage3_sft": 600, "item_intel_ft": 150})
+QUICK = DemoSize(items=80, eval_items=20, eval_limit=6, eval_tokens=12,
+                 steps={"stage1_alignment": 6, "stage2_mid": 6, "stage3_sft": 12, "item_intel_ft": 4})
+STAGES = [("stage1_alignment", "stage1"), ("stage2_mid", "stage2"), ("stage3_sft", "stage3"),
+          ("item_intel_ft", "item_intel")]
+SOURCES = {"stage1": "stage1_captions", "stage2": "stage2_recap_ocr", "stage3": "stage3_instruct",
+           "item_intel": "item_intel_train"}
+# data.num_workers=0: the 64-px images decode in microseconds, and loader workers cost start-up + shutdown per stage
 COMMON = ["model.encoder.image_size=64", "data.max_seq_length=512", "data.micro_batch_size=2",
-          "data.global_batch_size=8", "data.num_workers=1", "optim.lr=3e-3", "optim.min_lr=3e-4",
+          "data.global_batch_size=8", "data.num_workers=0", "optim.lr=3e-3", "optim.min_lr=3e-4",
           "optim.vision_lr_mult=1.0", "trainer.log_every=20"]
 
 
-def run_demo(workdir: Path, quick: bool = False) -> int:
-    import torch
+class PhaseClock:
+    """Wall time per named phase (the demo's time budget is won or lost here)."""
 
-    from ecomvlm.data_modules.shards import ShardConfig, make_shards
-    from ecomvlm.data_modules.synth import COLOURS, SynthConfig, synthesize
-    from ecomvlm.data_modules.tiny_tokenizer import build_tiny_tokenizer, save_tiny_tokenizer
-    from ecomvlm.eval.backends import HFBackend
-    from ecomvlm.eval.runner import evaluate as run_benchmarks
-    from ecomvlm.recipes.config import load, model_config
-    from ecomvlm.recipes.models.hf_export import export_hf
-    from ecomvlm.recipes.models.parallel import ParallelConfig, init_distributed
-    from ecomvlm.recipes.models.registry import resolve
-    from ecomvlm.recipes.models.sharding import gather_full_state
-    from ecomvlm.recipes.models.vlm import build_vlm
-    from ecomvlm.recipes.vlm_train import run as train_stage
+    def __init__(self) -> None:
+        self.t0 = time.perf_counter()
+        self.phases: list[tuple[str, float]] = []
 
-    t0 = time.time()
-    workdir = workdir.resolve()
-    workdir.mkdir(parents=True, exist_ok=True)
-    shutil.rmtree(workdir / "runs", ignore_errors=True)  # a demo is a fresh run (a finished run dir is not re-run)
-    n_items, n_eval = (80, 20) if quick else (800, 100)
+    @contextmanager
+    def phase(self, name: str):
+        t = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.phases.append((name, time.perf_counter() - t))
 
-    console.rule("[bold]1. synthetic e-commerce data")
-    data = workdir / "data"
-    manifest = synthesize(SynthConfig(out=data, n=n_items, n_eval=n_eval, seed=0, image_size=64))
-    console.print(f"{manifest['images']} images, {sum(manifest['records'].values())} records -> {data}")
+    def table(self) -> Table:
+        total = time.perf_counter() - self.t0
+        t = Table(title=f"where the time went (wall {total:.0f} s)")
+        for col in ("phase", "seconds", "share"):
+            t.add_column(col, justify="left" if col == "phase" else "right")
+        for name, s in self.phases:
+            t.add_row(name, f"{s:.1f}", f"{s / total:.0%}")
+        t.add_row("total", f"{total:.1f}", "100%")
+        return t
 
-    console.rule("[bold]2. tokenizer and shards")
-    texts = [t["value"] for f in sorted((data / "train").glob("*.json")) for r in json.loads(f.read_text())
-             for t in r["conversations"]]
-    tok = build_tiny_tokenizer("chatml", corpus=texts, vocab_size=1000)
-    save_tiny_tokenizer(tok, workdir / "tokenizer")
-    sources = {"stage1": "stage1_captions", "stage2": "stage2_recap_ocr", "stage3": "stage3_instruct",
-               "item_intel": "item_intel_train"}
-    for name, src in sources.items():
-        m = make_shards(ShardConfig([data / "train" / f"{src}.json"], workdir / "shards" / name, image_root=data,
-                                    samples_per_shard=500, workers=1))
-        console.print(f"shards/{name}: {m['samples']} samples in {len(m['shards'])} shards, skipped {m['skipped']}")
+    def as_dict(self) -> dict[str, float]:
+        return {**{name: round(s, 2) for name, s in self.phases}, "total": round(time.perf_counter() - self.t0, 2)}
 
-    n_eval_items = manifest["items"]["eval"]
 
-    def evaluate(hf_dir: Path) -> dict[str, float]:
+class Demo:
+    """The demo as named phases over one work directory."""
+
+    def __init__(self, workdir: Path, quick: bool = False) -> None:
+        self.workdir = workdir.resolve()
+        self.quick, self.size = quick, QUICK if quick else FULL
+        self.clock = PhaseClock()
+        self.results: dict[str, Any] = {"quick": quick}
+
+    # ---- phases ------------------------------------------------------------------------------------------
+    def imports(self) -> None:
+        import torch  # noqa: F401 - paid once here, so the later phases measure their own work
+        from megatron.core import parallel_state  # noqa: F401
+
+        import ecomvlm.eval.runner  # noqa: F401
+        import ecomvlm.recipes.vlm_train  # noqa: F401
+
+    def synthesize(self) -> None:
+        from ecomvlm.data_modules.synth import SynthConfig, synthesize
+
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(self.workdir / "runs", ignore_errors=True)  # a demo is a fresh run
+        self.data = self.workdir / "data"
+        self.manifest = synthesize(SynthConfig(out=self.data, n=self.size.items, n_eval=self.size.eval_items, seed=0,
+                                               image_size=64))
+        console.print(f"{self.manifest['images']} images, {sum(self.manifest['records'].values())} records -> "
+                      f"{self.data}")
+
+    def tokenizer_and_shards(self) -> None:
+        from ecomvlm.data_modules.shards import ShardConfig, make_shards
+        from ecomvlm.data_modules.tiny_tokenizer import build_tiny_tokenizer, save_tiny_tokenizer
+
+        texts = [t["value"] for f in sorted((self.data / "train").glob("*.json")) for r in json.loads(f.read_text())
+                 for t in r["conversations"]]
+        self.tok = build_tiny_tokenizer("chatml", corpus=texts, vocab_size=1000)
+        save_tiny_tokenizer(self.tok, self.workdir / "tokenizer")
+        for name, src in SOURCES.items():
+            m = make_shards(ShardConfig([self.data / "train" / f"{src}.json"], self.workdir / "shards" / name,
+                                        image_root=self.data, samples_per_shard=500, workers=1, rebuild=True))
+            console.print(f"shards/{name}: {m['samples']} samples in {len(m['shards'])} shards, skipped {m['skipped']}")
+
+    def _ask(self, hf_dir: Path) -> dict[str, float]:
         """Held-out colour / category questions, scored by `ecomvlm eval`'s runner (aspect matching)."""
-        res = run_benchmarks(HFBackend(str(hf_dir), batch_size=16), hf_dir.name, ["aspect_colour", "aspect_category"],
-                             workdir / "eval_aspects", data_dir=data, max_new_tokens=6)
+        from ecomvlm.eval.backends import HFBackend
+        from ecomvlm.eval.runner import evaluate
+
+        res = evaluate(HFBackend(str(hf_dir), batch_size=16), hf_dir.name, ["aspect_colour", "aspect_category"],
+                       self.workdir / "eval_aspects", data_dir=self.data, max_new_tokens=6, warmup=False)
         return {"colour": res["aspect_colour"]["accuracy"] / 100, "category": res["aspect_category"]["accuracy"] / 100}
 
-    console.rule("[bold]3. untrained model -> HF export -> held-out questions")
-    base = ["model=tiny_siglip_qwen3", f"tokenizer.path={workdir / 'tokenizer'}", *COMMON]
-    init_distributed(ParallelConfig(), seed=1234)
-    cfg = resolve(model_config(base), image_token_id=tok.convert_tokens_to_ids("<image>"))
-    torch.manual_seed(1234)
-    untrained = build_vlm(cfg, ParallelConfig()).eval()
-    before = evaluate(export_hf(gather_full_state(untrained), cfg, tok, workdir / "hf_untrained",
-                                      dtype=torch.float32))
-    console.print(f"before training: colour accuracy {before['colour']:.2f}, category accuracy "
-                  f"{before['category']:.2f} (chance: {1 / len(COLOURS):.2f} / 0.12)")
+    def untrained(self) -> None:
+        import torch
 
-    console.rule("[bold]4. training: stage 1 -> 2 -> 3, then item-intelligence fine-tuning (Lightning + megatron-core)")
-    rows, ckpts, previous = [], {}, None
-    for recipe, shards, steps, quick_steps in STAGES:
-        n = quick_steps if quick else steps
-        over = [*base, f"recipe={recipe}", f"data.shards={workdir / 'shards' / shards}",
-                f"run.dir={workdir / 'runs' / recipe}", f"trainer.max_steps={n}", f"trainer.save_every={n}",
+        from ecomvlm.data_modules.synth import COLOURS
+        from ecomvlm.recipes.config import model_config
+        from ecomvlm.recipes.models.hf_export import export_hf
+        from ecomvlm.recipes.models.parallel import ParallelConfig, init_distributed
+        from ecomvlm.recipes.models.registry import resolve
+        from ecomvlm.recipes.models.sharding import gather_full_state
+        from ecomvlm.recipes.models.vlm import build_vlm
+
+        self.base = ["model=tiny_siglip_qwen3", f"tokenizer.path={self.workdir / 'tokenizer'}", *COMMON]
+        init_distributed(ParallelConfig(), seed=1234)
+        cfg = resolve(model_config(self.base), image_token_id=self.tok.convert_tokens_to_ids("<image>"))
+        torch.manual_seed(1234)
+        model = build_vlm(cfg, ParallelConfig()).eval()
+        self.hf_untrained = export_hf(gather_full_state(model), cfg, self.tok, self.workdir / "hf_untrained",
+                                      dtype=torch.float32)
+        self.results["before"] = self._ask(self.hf_untrained)
+        b = self.results["before"]
+        console.print(f"before training: colour accuracy {b['colour']:.2f}, category accuracy {b['category']:.2f} "
+                      f"(chance: {1 / len(COLOURS):.2f} / 0.12)")
+
+    def train(self, recipe: str, shards: str, previous: str | None) -> str:
+        from ecomvlm.recipes.config import load
+        from ecomvlm.recipes.vlm_train import run
+
+        n = self.size.steps[recipe]
+        over = [*self.base, f"recipe={recipe}", f"data.shards={self.workdir / 'shards' / shards}",
+                f"run.dir={self.workdir / 'runs' / recipe}", f"trainer.max_steps={n}", f"trainer.save_every={n}",
                 f"optim.warmup_steps={max(1, n // 10)}"]
         if previous:
             over.append(f"init.from_checkpoint={previous}")
-        st = time.time()
-        s = train_stage(load("train", over))
-        previous = ckpts[recipe] = s["final_checkpoint"]
+        st = time.perf_counter()
+        s = run(load("train", over))
         tps = sum(s["tokens_per_s"]) / max(1, len(s["tokens_per_s"]))
-        rows.append((recipe, str(len(s["losses"])), f"{s['losses'][0]:.3f}" if s["losses"] else "-",
-                     f"{s['losses'][-1]:.3f}" if s["losses"] else "-", f"{tps:,.0f}", f"{time.time() - st:.0f}s"))
-        console.print(f"{recipe}: {len(s['losses'])} steps, loss {rows[-1][2]} -> {rows[-1][3]}, "
-                      f"checkpoint {previous}")
+        row = (recipe, str(len(s["losses"])), f"{s['losses'][0]:.3f}" if s["losses"] else "-",
+               f"{s['losses'][-1]:.3f}" if s["losses"] else "-", f"{tps:,.0f}", f"{time.perf_counter() - st:.0f}s")
+        self.results.setdefault("stages", []).append(row)
+        console.print(f"{recipe}: {row[1]} steps, loss {row[2]} -> {row[3]}, checkpoint {s['final_checkpoint']}")
+        return s["final_checkpoint"]
 
-    console.rule("[bold]5. export (ecomvlm export) and ask the same questions")
-    from ecomvlm.recipes.export import export_checkpoint
+    def export(self, ckpt: str, name: str) -> Path:
+        from ecomvlm.recipes.export import export_checkpoint
 
-    general = export_checkpoint(ckpts["stage3_sft"], workdir / "hf_stage3", dtype="fp32")
-    item_model = export_checkpoint(ckpts["item_intel_ft"], workdir / "hf_item_intel", dtype="fp32")
-    after = evaluate(general)
-    hf_dir = general
+        return export_checkpoint(ckpt, self.workdir / name, dtype="fp32")
 
-    from ecomvlm.eval.report import plot, tables_markdown
-    from ecomvlm.eval.runner import ECOMMERCE, ITEM_INTEL
+    def benchmarks(self, models: list[tuple[str, Path, list[str]]]) -> None:
+        from ecomvlm.eval.backends import HFBackend
+        from ecomvlm.eval.report import plot, tables_markdown
+        from ecomvlm.eval.runner import evaluate
 
-    console.rule("[bold]6. ecomvlm eval: Table 1 (e-commerce) and Table 3 (item intelligence, rule judge)")
-    bench = {}
-    for name, d, sets in (("untrained", workdir / "hf_untrained", [*ECOMMERCE, ITEM_INTEL]),
-                          ("stage3", general, [*ECOMMERCE, ITEM_INTEL]), ("item_intel_ft", item_model, [ITEM_INTEL])):
-        bench[name] = run_benchmarks(HFBackend(str(d)), name, sets, workdir / "eval", data_dir=data,
-                                     limit=6 if quick else 40, max_new_tokens=12 if quick else 48,
-                                     item_intel_max_new_tokens=160, json_retries=0)
-    def json_and_f1(m):
-        return {"valid_json": 1 - m["unparsed"] / m["n"], "f1": m["f1"]}
+        bench = self.results.setdefault("benchmarks", {})
+        for name, d, sets in models:
+            bench[name] = evaluate(HFBackend(str(d)), name, sets, self.workdir / "eval", data_dir=self.data,
+                                   limit=self.size.eval_limit, max_new_tokens=self.size.eval_tokens,
+                                   item_intel_max_new_tokens=160, json_retries=0, warmup=False)
+        plot(bench, self.workdir / "eval" / "results.png")
+        (self.workdir / "eval" / "table.md").write_text(tables_markdown(bench))
 
-    ii_before, ii_after = json_and_f1(bench["stage3"][ITEM_INTEL]), json_and_f1(bench["item_intel_ft"][ITEM_INTEL])
-    plot(bench, workdir / "eval" / "results.png")
-    (workdir / "eval" / "table.md").write_text(tables_markdown(bench))
+    # ---- the run -------------------------------------------------------------------------------------------
+    def run(self) -> int:
+        from ecomvlm.eval.runner import ECOMMERCE, ITEM_INTEL
 
-    table = Table(title="training stages (tiny SigLIP x Qwen3-style VLM, CPU)")
-    for col in ("stage", "steps", "first loss", "last loss", "tokens/s", "time"):
-        table.add_column(col, justify="left" if col == "stage" else "right")
-    for r in rows:
-        table.add_row(*r)
-    console.print(table)
-    res = Table(title=f"held-out products ({n_eval_items}): answers matched by ecomvlm eval's aspect scorer")
-    for col in ("question", "before training", "after training"):
-        res.add_column(col, justify="left" if col == "question" else "right")
-    res.add_row("main colour (10 colours)", f"{before['colour']:.2f}", f"{after['colour']:.2f}")
-    res.add_row("product category (8 kinds)", f"{before['category']:.2f}", f"{after['category']:.2f}")
-    console.print(res)
-    ii = Table(title=f"multi-image item intelligence ({bench['stage3'][ITEM_INTEL]['n']} held-out items, JSON answers)")
-    for col in ("", "stage-3 model", "after item-intelligence fine-tuning"):
-        ii.add_column(col, justify="left" if not col else "right")
-    ii.add_row("share of answers that parse as JSON", f"{ii_before['valid_json']:.2f}", f"{ii_after['valid_json']:.2f}")
-    ii.add_row("fact F1 (rule judge)", f"{ii_before['f1']:.1f}", f"{ii_after['f1']:.1f}")
-    console.print(ii)
-    console.print("[bold]ecomvlm eval on the held-out synthetic sets (paper Table 1 and Table 3 layouts)[/bold]")
-    print(tables_markdown(bench), flush=True)
-    console.print(f"HF exports: {general}, {item_model} (transformers LlavaForConditionalGeneration); wall time "
-                  f"{time.time() - t0:.0f} s")
-    (workdir / "demo_result.json").write_text(json.dumps(
-        {"before": before, "after": after, "benchmarks": bench,
-         "item_intel": {"stage3": ii_before, "item_intel_ft": ii_after}, "stages": rows, "hf_dir": str(hf_dir),
-         "quick": quick}, indent=2) + "\n")
-    if not quick and after["colour"] < 0.8:
-        console.print("[red]colour accuracy after training is below 0.8: the demo did not learn enough[/red]")
-        return 1
-    return 0
+        clock = self.clock
+        with clock.phase("start-up (imports)"):
+            self.imports()
+        console.rule("[bold]1. synthetic e-commerce data")
+        with clock.phase("synthetic data"):
+            self.synthesize()
+        console.rule("[bold]2. tokenizer and shards")
+        with clock.phase("tokenizer + shards"):
+            self.tokenizer_and_shards()
+        console.rule("[bold]3. untrained model -> HF export -> held-out questions")
+        with clock.phase("untrained: export + questions"):
+            self.untrained()
+        console.rule("[bold]4. training: stage 1 -> 2 -> 3, then item-intelligence fine-tuning (Lightning + megatron)")
+        ckpts, previous = {}, None
+        for recipe, shards in STAGES:
+            with clock.phase(f"train {recipe}"):
+                previous = ckpts[recipe] = self.train(recipe, shards, previous)
+        console.rule("[bold]5. export (ecomvlm export) and ask the same questions")
+        with clock.phase("export stage 3 + item-intel"):
+            general = self.export(ckpts["stage3_sft"], "hf_stage3")
+            item_model = self.export(ckpts["item_intel_ft"], "hf_item_intel")
+        with clock.phase("stage 3: questions"):
+            self.results["after"] = self._ask(general)
+        console.rule("[bold]6. ecomvlm eval: Table 1 (e-commerce) and Table 3 (item intelligence, rule judge)")
+        evals = [("untrained", self.hf_untrained, [*ECOMMERCE, ITEM_INTEL]),
+                 ("stage3", general, [*ECOMMERCE, ITEM_INTEL]), ("item_intel_ft", item_model, [ITEM_INTEL])]
+        for name, d, sets in evals:
+            with clock.phase(f"eval {name}"):
+                self.benchmarks([(name, d, sets)])
+        return self.report(general, item_model)
+
+    def report(self, general: Path, item_model: Path) -> int:
+        from ecomvlm.eval.report import tables_markdown
+        from ecomvlm.eval.runner import ITEM_INTEL
+
+        r, bench = self.results, self.results["benchmarks"]
+
+        def json_and_f1(m):
+            return {"valid_json": 1 - m["unparsed"] / m["n"], "f1": m["f1"], "precision": m.get("precision"),
+                    "recall": m.get("recall")}
+
+        r["item_intel"] = {"stage3": json_and_f1(bench["stage3"][ITEM_INTEL]),
+                           "item_intel_ft": json_and_f1(bench["item_intel_ft"][ITEM_INTEL])}
+        table = Table(title="training stages (tiny SigLIP x Qwen3-style VLM, CPU)")
+        for col in ("stage", "steps", "first loss", "last loss", "tokens/s", "time"):
+            table.add_column(col, justify="left" if col == "stage" else "right")
+        for row in r["stages"]:
+            table.add_row(*row)
+        console.print(table)
+        res = Table(title=f"held-out products ({self.manifest['items']['eval']}): answers matched by ecomvlm eval's "
+                          f"aspect scorer")
+        for col in ("question", "before training", "after training"):
+            res.add_column(col, justify="left" if col == "question" else "right")
+        res.add_row("main colour (10 colours)", f"{r['before']['colour']:.2f}", f"{r['after']['colour']:.2f}")
+        res.add_row("product category (8 kinds)", f"{r['before']['category']:.2f}", f"{r['after']['category']:.2f}")
+        console.print(res)
+        ii = Table(title=f"multi-image item intelligence ({bench['stage3'][ITEM_INTEL]['n']} held-out items, JSON "
+                         f"answers)")
+        for col in ("", "stage-3 model", "after item-intelligence fine-tuning"):
+            ii.add_column(col, justify="left" if not col else "right")
+        a, b = r["item_intel"]["stage3"], r["item_intel"]["item_intel_ft"]
+        ii.add_row("share of answers that parse as JSON", f"{a['valid_json']:.2f}", f"{b['valid_json']:.2f}")
+        ii.add_row("fact F1 (rule judge)", f"{a['f1']:.1f}", f"{b['f1']:.1f}")
+        console.print(ii)
+        console.print("[bold]ecomvlm eval on the held-out synthetic sets (paper Table 1 and Table 3 layouts)[/bold]")
+        print(tables_markdown(bench), flush=True)
+        console.print(self.clock.table())
+        r["phases_s"] = self.clock.as_dict()
+        r["hf_dir"] = str(general)
+        console.print(f"HF exports: {general}, {item_model}; wall time {r['phases_s']['total']:.0f} s"
+                      + (" (--quick: a smoke run of every phase; it is too short to learn anything)" if self.quick
+                         else ""))
+        (self.workdir / "demo_result.json").write_text(json.dumps(r, indent=2) + "\n")
+        if not self.quick and r["after"]["colour"] < 0.8:
+            console.print("[red]colour accuracy after training is below 0.8: the demo did not learn enough[/red]")
+            return 1
+        return 0
+
+
+def run_demo(workdir: Path, quick: bool = False) -> int:
+    return Demo(workdir, quick).run()

@@ -13,15 +13,8 @@ from ecomvlm.data_modules.config import DataConfig
 from ecomvlm.data_modules.llava_json import SkipCounter, read_records
 from ecomvlm.data_modules.mixture import MixtureEntry
 from ecomvlm.data_modules.preprocess import ImageSpec, to_rgb
-from ecomvlm.data_modules.shards import (
-    ResizeRule,
-    ShardConfig,
-    ShardFolderError,
-    iter_tar_samples,
-    make_shards,
-    upgrade_shards,
-    verify_shards,
-)
+from ecomvlm.data_modules.shard_folder import iter_tar_samples, upgrade_shards, verify_shards
+from ecomvlm.data_modules.shards import ResizeRule, ShardConfig, ShardFolderError, make_shards
 
 SPEC = ImageSpec(mode="fixed", image_size=32, patch_size=8, image_mean=(0.5,) * 3, image_std=(0.5,) * 3)
 

@@ -15,7 +15,8 @@ from ecomvlm.data_modules.config import DataConfig
 from ecomvlm.data_modules.mixture import MixtureEntry, load_mixture
 from ecomvlm.data_modules.packing import block_causal_mask, collate_rows, first_fit
 from ecomvlm.data_modules.preprocess import ImageSpec, SampleTooLong, build_sample
-from ecomvlm.data_modules.shards import ShardConfig, iter_tar_samples, make_shards
+from ecomvlm.data_modules.shard_folder import iter_tar_samples
+from ecomvlm.data_modules.shards import ShardConfig, make_shards
 
 SPEC = ImageSpec(mode="fixed", image_size=32, patch_size=8, image_mean=(0.5,) * 3, image_std=(0.5,) * 3)  # 16 tokens
 

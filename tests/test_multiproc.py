@@ -149,8 +149,9 @@ def test_checkpoint_saved_at_tp2_exports_to_hf_exactly(tmp_path, megatron_single
     assert not (tmp_path / "ckpt.tmp").exists()
     assert main(["export", "--checkpoint", str(tmp_path / "ckpt"), "--out", str(tmp_path / "hf"), "--dtype",
                  "fp32"]) == 0
-    expected = megatron_to_llava(load_file(str(tmp_path / "reference.safetensors")),
-                                     vlm_config_from_meta(meta))
+    # the file keeps the hub layout (SigLIP under vision_tower.vision_model.); transformers' modules drop that level
+    expected = {k.replace("vision_tower.vision_model.", "vision_tower."): v for k, v in megatron_to_llava(
+        load_file(str(tmp_path / "reference.safetensors")), vlm_config_from_meta(meta)).items()}
     hf = LlavaForConditionalGeneration.from_pretrained(tmp_path / "hf")
     got = hf.state_dict()
     assert set(expected) <= set(got)
