@@ -149,3 +149,6 @@ def register(sub) -> None:
     mx.add_argument("--seed", type=int, default=0)
     mx.set_defaults(func=_mixture)
 
+    from ecomvlm.data_modules.curation.cli import register as register_curation
+
+    register_curation(dsub)

@@ -1,0 +1,1 @@
+"""Visual-verification curation: raw listings -> verified aspects -> the four-family e-commerce instruction set."""
