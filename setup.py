@@ -24,6 +24,8 @@ for namespace, folder in ROOTS.items():
 setup(
     packages=packages,
     package_dir=ROOTS,
-    package_data={"ecomvlm.conf": ["**/*.yaml"], "ecomvlm.eval": ["judge_prompts/*.yaml"]},
+    package_data={"ecomvlm.conf": ["**/*.yaml"], "ecomvlm.eval": ["judge_prompts/*.yaml"],
+                  "ecomvlm.data_modules.item_intel": ["prompts/*.yaml"],
+                  "ecomvlm.data_modules.curation": ["prompts/*.yaml"]},
     include_package_data=True,
 )

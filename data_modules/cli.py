@@ -150,5 +150,7 @@ def register(sub) -> None:
     mx.set_defaults(func=_mixture)
 
     from ecomvlm.data_modules.curation.cli import register as register_curation
+    from ecomvlm.data_modules.item_intel.cli import register as register_item_intel
 
+    register_item_intel(dsub)
     register_curation(dsub)

@@ -90,6 +90,21 @@ def string_content(text: str, n_images: int) -> str:
     return "\n".join(items)
 
 
+def content_parts(text: str, n_images: int) -> list[dict[str, Any]]:
+    """The user turn as chat-template content parts: ``{"type": "image"}`` where each placeholder stood, the text
+    between them stripped (what HF processors' templates take; also how the AutoModel backend renders training
+    samples, so a fine-tuned model sees its training layout at inference)."""
+    before, tail = split_images(text, n_images)
+    parts: list[dict[str, Any]] = []
+    for seg in before:
+        if seg.strip():
+            parts.append({"type": "text", "text": seg.strip()})
+        parts.append({"type": "image"})
+    if tail.strip() or not parts:
+        parts.append({"type": "text", "text": tail.strip()})
+    return parts
+
+
 def chat_messages(text: str, images: list[Any], system: str | None) -> list[dict[str, Any]]:
     msgs: list[dict[str, Any]] = [{"role": "system", "content": system}] if system else []
     return msgs + [{"role": "user", "content": openai_content(text, images)}]
@@ -109,6 +124,10 @@ class HFBackend:
     trust_remote_code: bool = False  # exports whose model ships as code (auto_map in config.json)
     name: str = "hf"
     last_latencies: list[float] = field(default_factory=list)
+    # passed to every processor call, e.g. {"do_pan_and_scan": True} (Gemma3 pan & scan, Table 3 row 40) or an image
+    # size cap; what a model was fine-tuned with (recipes/automodel: model.processor) belongs here at inference
+    processor_kwargs: dict[str, Any] = field(default_factory=dict)
+    last_extra_crops: list[int] = field(default_factory=list)  # pan & scan crops per image of the last generate()
 
     @property
     def call_size(self) -> int:  # prompts per generate() call from the runner; batched inside
@@ -132,32 +151,30 @@ class HFBackend:
         import torch
         import transformers
 
-        return {"engine": "transformers", "transformers": transformers.__version__, "torch": torch.__version__,
-                "device": self.device, "dtype": str(self.dtype).replace("torch.", ""), "batch_size": self.batch_size}
+        out = {"engine": "transformers", "transformers": transformers.__version__, "torch": torch.__version__,
+               "device": self.device, "dtype": str(self.dtype).replace("torch.", ""), "batch_size": self.batch_size}
+        if self.processor_kwargs:
+            out["processor_kwargs"] = dict(self.processor_kwargs)
+        return out
 
     def _prompt(self, text: str, n_images: int, system: str | None = None) -> str:
         if self.string_content:  # our exports: plain-text turns with <image> placeholders
             msgs = ([{"role": "system", "content": system}] if system else []) + \
                 [{"role": "user", "content": string_content(text, n_images)}]
             return self.processor.tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
-        before, tail = split_images(text, n_images)
-        parts: list[dict[str, Any]] = []
-        for seg in before:
-            if seg.strip():
-                parts.append({"type": "text", "text": seg.strip()})
-            parts.append({"type": "image"})
-        if tail.strip() or not parts:
-            parts.append({"type": "text", "text": tail.strip()})
         msgs = [{"role": "system", "content": [{"type": "text", "text": system}]}] if system else []
-        return self.processor.apply_chat_template(msgs + [{"role": "user", "content": parts}],
+        return self.processor.apply_chat_template(msgs + [{"role": "user", "content": content_parts(text, n_images)}],
                                                   add_generation_prompt=True)
 
     def generate(self, prompts, images, *, max_new_tokens=64, json_schema=None, temperature=0.0, seed=0,
                  system=None):
         import torch
 
+        from ecomvlm.recipes.automodel.inputs import pan_and_scan_crops
+
         out: list[str] = []
         self.last_latencies = []
+        self.last_extra_crops = []
         gen_kw: dict[str, Any] = {"do_sample": False}
         if temperature > 0:
             torch.manual_seed(seed)
@@ -167,7 +184,12 @@ class HFBackend:
             chunk_p, chunk_i = prompts[i:i + self.batch_size], images[i:i + self.batch_size]
             texts = [self._prompt(p, len(ims), system) for p, ims in zip(chunk_p, chunk_i)]
             flat = [im for ims in chunk_i for im in ims]
-            inputs = self.processor(images=flat or None, text=texts, return_tensors="pt", padding=True).to(self.device)
+            # per-prompt image lists when every prompt has images: processors that expand each image per text
+            # (Gemma3, pan & scan) need them; LLaVA and Qwen processors flatten them
+            batch_images = [list(ims) for ims in chunk_i] if flat and all(chunk_i) else flat or None
+            inputs = self.processor(images=batch_images, text=texts, return_tensors="pt", padding=True,
+                                    **self.processor_kwargs).to(self.device)
+            self.last_extra_crops += pan_and_scan_crops(self.processor, flat, self.processor_kwargs)
             with torch.no_grad():
                 gen = self.model.generate(**inputs, max_new_tokens=max_new_tokens, **gen_kw)
             out += self.processor.tokenizer.batch_decode(gen[:, inputs["input_ids"].shape[1]:],

@@ -14,6 +14,81 @@ def _ask(client, prompt: str) -> str:
     return client.chat([{"role": "user", "content": prompt}], max_tokens=256, temperature=0.0)
 
 
+def _item_intel_benches(benches: list[str], strategies: str) -> list[str]:
+    """`item_intel` in the benchmark list -> one entry per --item-intel-strategies strategy (rows of Table 3)."""
+    from ecomvlm.data_modules.item_intel.inference import benchmark_name
+
+    names = [s.strip() for s in strategies.split(",") if s.strip()]
+    out: list[str] = []
+    for b in benches:
+        out += [benchmark_name(s) for s in names] if b == "item_intel" else [b]
+    return list(dict.fromkeys(out))
+
+
+def _crop_size_of(model_dir: str, default: int = 896) -> int:
+    """The square input of a model's image processor (preprocessor_config.json `size`), else `default`."""
+    for name in ("preprocessor_config.json", "processor_config.json"):
+        p = Path(model_dir) / name
+        if p.is_file():
+            try:
+                cfg = json.loads(p.read_text())
+            except ValueError:
+                continue
+            cfg = cfg.get("image_processor", cfg)
+            size = cfg.get("size") or {}
+            if isinstance(size, dict) and size.get("height") and size.get("height") == size.get("width"):
+                return int(size["height"])
+            if isinstance(size, int):
+                return size
+    return default
+
+
+def pan_scan_backend(kind: str, model: str, **kw):
+    """A backend whose processor does Gemma3's pan & scan (paper Table 3 row 40), or a clear error saying what is
+    missing: an HF backend with ``processor_kwargs`` (eval/backends.py), a Gemma3 processor, or a server started
+    with the option."""
+    import dataclasses
+
+    from ecomvlm.data_modules.item_intel.inference import PAN_SCAN_KWARGS
+    from ecomvlm.eval import backends
+
+    if kind == "openai":
+        raise ValueError("item_intel:pan_scan with --backend openai: pan & scan runs in the server's processor; serve "
+                         "the model with `vllm serve ... --mm-processor-kwargs '{\"do_pan_and_scan\": true}'` and "
+                         "evaluate that server as its own --model (strategy all)")
+    proc = _image_processor_type(model)
+    if proc is not None and "gemma3" not in proc.lower():
+        raise ValueError(f"item_intel:pan_scan: pan & scan is a Gemma3 image-processor option; {model}'s image "
+                         f"processor is {proc}")
+    if kind == "vllm":
+        engine = dict(kw.pop("engine_kwargs", None) or {})
+        engine["mm_processor_kwargs"] = {**engine.get("mm_processor_kwargs", {}), **PAN_SCAN_KWARGS}
+        b = backends.make_backend(kind, model, engine_kwargs=engine, **kw)
+        b.processor_kwargs = dict(PAN_SCAN_KWARGS)
+        return b
+    fields = {f.name for f in dataclasses.fields(backends.HFBackend)}
+    if "processor_kwargs" not in fields:
+        raise ValueError("item_intel:pan_scan needs eval/backends.py's HFBackend to accept processor_kwargs (a dict "
+                         "passed to the processor, e.g. {'do_pan_and_scan': True}); this checkout's HFBackend has no "
+                         "such field yet")
+    return backends.HFBackend(model, batch_size=kw.get("batch_size") or 8,
+                              trust_remote_code=kw.get("trust_remote_code", False),
+                              processor_kwargs=dict(PAN_SCAN_KWARGS))
+
+
+def _image_processor_type(model: str) -> str | None:
+    for name in ("preprocessor_config.json", "processor_config.json"):
+        p = Path(model) / name
+        if p.is_file():
+            try:
+                cfg = json.loads(p.read_text())
+            except ValueError:
+                return None
+            cfg = cfg.get("image_processor", cfg)
+            return cfg.get("image_processor_type") or cfg.get("processor_class")
+    return None
+
+
 def _eval(args: argparse.Namespace) -> int:
     from rich.console import Console
 
@@ -32,7 +107,7 @@ def _eval(args: argparse.Namespace) -> int:
         from ecomvlm.eval.backends import make_backend
         from ecomvlm.eval.runner import evaluate, expand_benchmarks
 
-        benches = expand_benchmarks(args.benchmarks)
+        benches = _item_intel_benches(expand_benchmarks(args.benchmarks), args.item_intel_strategies)
         public_paths = {}
         if args.public_root:
             from ecomvlm.eval.public import PUBLIC
@@ -49,7 +124,24 @@ def _eval(args: argparse.Namespace) -> int:
                 raise ValueError(f"--public-data {spec!r}: write NAME=PATH (e.g. mmbench=/data/MMBench)")
             public_paths[name] = path
         judge = None
-        if "item_intel" in benches and args.judge == "llm":
+        ii_kw: dict = {}
+        if any(b.startswith("item_intel") for b in benches):
+            from ecomvlm.data_modules.item_intel.boxes import Convention
+            from ecomvlm.data_modules.item_intel.dedup import DedupSettings
+
+            ii_kw["dedup"] = DedupSettings(args.phash_threshold)
+            ii_kw["item_intel_boxes"] = args.item_intel_boxes
+            ii_kw["grounding_convention"] = Convention(args.box_coords)
+            if args.grounder_url or args.grounder_model:
+                from ecomvlm.data_modules.item_intel.stages import Endpoint
+
+                if not (args.grounder_url and args.grounder_model):
+                    raise ValueError("give both --grounder-url and --grounder-model")
+                ii_kw["grounder"] = Endpoint(args.grounder_url, args.grounder_model, args.grounder_api_key_env)
+            if "item_intel:crops" in benches and not (args.item_intel_boxes or args.grounder_url):
+                raise ValueError("item_intel strategy crops needs --item-intel-boxes FILE or --grounder-url and "
+                                 "--grounder-model")
+        if any(b.startswith("item_intel") for b in benches) and args.judge == "llm":
             from ecomvlm.eval.judge import JudgePrompt, LLMJudge
             from ecomvlm.eval.openai_client import OpenAIChatClient
 
@@ -102,16 +194,28 @@ def _eval(args: argparse.Namespace) -> int:
                 console.print(f"  {b}: {head} {m[head]:.1f} ({m['n']} examples, {m['sec_per_example']:.3g} "
                               f"s/example{thr}{extra})")
 
+            if "item_intel:crops" in benches:
+                from ecomvlm.data_modules.item_intel.boxes import CropSettings
+
+                size = args.crop_size or (_crop_size_of(model) if args.backend != "openai" else 896)
+                ii_kw["crop"] = CropSettings(crop_size=size, crop_mode=args.crop_mode)
+            pan = None
+            if "item_intel:pan_scan" in benches:
+                pan = pan_scan_backend(args.backend, model, batch_size=args.batch_size, vllm_python=args.vllm_python,
+                                       max_model_len=args.max_model_len, engine_kwargs=engine_kwargs,
+                                       max_images=args.max_images, trust_remote_code=args.trust_remote_code)
             try:
                 results[label] = evaluate(backend, label, benches, out, data_dir=args.data,
                                           public_paths=public_paths, public_options=public_options,
                                           limit=args.limit, max_new_tokens=args.max_new_tokens, judge=judge,
                                           item_intel_max_new_tokens=args.item_intel_max_new_tokens,
                                           json_retries=args.json_retries, matcher=matcher, progress=show,
-                                          warmup=not args.no_warmup, hardware_note=args.hardware)
+                                          warmup=not args.no_warmup, hardware_note=args.hardware,
+                                          pan_scan_backend=pan, **ii_kw)
             finally:
-                if hasattr(backend, "close"):
-                    backend.close()
+                for b in (backend, pan):
+                    if b is not None and hasattr(b, "close"):
+                        b.close()
     if not results:
         raise ValueError("nothing to report: pass --model (and/or --merge results.json)")
     md = tables_markdown(results)
@@ -191,6 +295,21 @@ def register(sub) -> None:
     ev.add_argument("--mmbench-matcher", choices=["auto", "judge", "static"], default="auto",
                     help="MMBench answers the rules cannot map: the judge endpoint's LLM (lmms-eval mmbench_en_dev) "
                          "or the static extractor (mmbench_en_dev_static); auto: the LLM when --judge-url is given")
+    ii = ev.add_argument_group("item_intel inference strategies (Table 3 rows 28, 29, 40, 41)")
+    ii.add_argument("--item-intel-strategies", default="all",
+                    help="comma list: all (every image), primary (the first image only), crops (all + square crops "
+                         "of the grounded regions), pan_scan (Gemma3's pan & scan); each is a row of Table 3")
+    ii.add_argument("--item-intel-boxes", metavar="FILE", help="crops: precomputed boxes (`ecomvlm data item-intel "
+                                                               "boxes`), image paths relative to --data")
+    ii.add_argument("--grounder-url", help="crops: a grounding endpoint instead of a boxes file")
+    ii.add_argument("--grounder-model", help="crops: the grounding model on that endpoint")
+    ii.add_argument("--grounder-api-key-env", default="OPENAI_API_KEY")
+    ii.add_argument("--box-coords", choices=["original_pixels", "resized_pixels", "norm1000"],
+                    default="resized_pixels", help="crops: the grounding model's box convention")
+    ii.add_argument("--crop-size", type=int, default=None, help="crops: square side (default: the model's image "
+                                                                "processor size, else 896)")
+    ii.add_argument("--crop-mode", choices=["square", "regions"], default="square")
+    ii.add_argument("--phash-threshold", type=int, default=8, help="crops: pHash near-duplicate distance")
     ev.add_argument("--json-retries", type=int, default=2,
                     help="re-generate item_intel answers that are not JSON up to N times (sampled)")
     ev.add_argument("--no-plot", action="store_true")

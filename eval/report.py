@@ -3,6 +3,10 @@
 `results` everywhere is {model label: {benchmark: metrics}} as `ecomvlm eval` writes to results.json, so tables
 of several runs can be rebuilt later (`ecomvlm eval --merge results.json ...`).
 
+Table 3 has one row per model and item-intelligence inference strategy, as the paper's rows 28/29/40/41: the
+model's ``item_intel`` result (all images) as "model", ``item_intel:primary`` as "model *primary image only*",
+``item_intel:pan_scan`` as "model *pan&scan*", ``item_intel:crops`` as "model *image crops*"; Table 4 likewise.
+
 Table 4 follows the paper's measurement: per-example latency (warm: model load and one warm-up batch excluded;
 JSON re-generations included) and throughput (examples/s at the configured batch or concurrency), each with the
 backend and hardware it was measured on.
@@ -38,6 +42,25 @@ TIMING_PANELS = [("Table 4: sec/example (item_intel)", "item_intel", "sec_per_ex
                  ("Table 4: examples/s (item_intel)", "item_intel", "examples_per_s")]
 
 
+# item-intelligence result keys in row order (paper: primary image only, all images, pan&scan, image crops)
+ITEM_INTEL_ROWS = [("item_intel:primary", "primary image only"), ("item_intel", ""),
+                   ("item_intel:pan_scan", "pan&scan"), ("item_intel:crops", "image crops")]
+
+
+def item_intel_rows(results: dict[str, dict[str, Any]]) -> list[tuple[str, dict[str, Any]]]:
+    """(row label, metrics) of every model x item-intelligence strategy present, in the paper's row order."""
+    rows = []
+    for model, res in results.items():
+        for key, name in ITEM_INTEL_ROWS:
+            if key in res:
+                rows.append((f"{model} *{name}*" if name else model, res[key]))
+    return rows
+
+
+def _has_item_intel(results: dict[str, dict[str, Any]]) -> bool:
+    return any(k in r for r in results.values() for k, _ in ITEM_INTEL_ROWS)
+
+
 def _cell(res: dict[str, Any], bench: str, metric: str) -> str:
     v = res.get(bench, {}).get(metric)
     return "-" if v is None else f"{v:.1f}"
@@ -51,7 +74,18 @@ def _sec(res: dict[str, Any], benches: set[str]) -> str:
 def tables_markdown(results: dict[str, dict[str, Any]]) -> str:
     """Every table that has at least one benchmark in `results`, models as rows (+ sec/example, Table 4)."""
     out = []
-    for title, cols in TABLES.values():
+    for key, (title, cols) in TABLES.items():
+        if key == "table3":
+            if _has_item_intel(results):
+                out.append(f"**{title}** (the *italic* names the inference strategy, as in the paper)\n")
+                out.append("| model | " + " | ".join(c for c, _, _ in cols) + " | sec/example |")
+                out.append("|" + "---|" * (len(cols) + 2))
+                for name, m in item_intel_rows(results):
+                    cells = " | ".join(_cell({"item_intel": m}, b, mt) for _, b, mt in cols)
+                    sec = f"{m['sec_per_example']:.3f}" if "sec_per_example" in m else "-"
+                    out.append(f"| {name} | {cells} | {sec} |")
+                out.append("")
+            continue
         benches = {b for _, b, _ in cols}
         if not any(b in r for r in results.values() for b in benches):
             continue
@@ -63,13 +97,12 @@ def tables_markdown(results: dict[str, dict[str, Any]]) -> str:
             cells = " | ".join(_cell(res, b, m) for _, b, m in used)
             out.append(f"| {model} | {cells} | {_sec(res, benches)} |")
         out.append("")
-    if any("item_intel" in r for r in results.values()):
+    if _has_item_intel(results):
         out.append("**Table 4: item-intelligence inference efficiency** (warm per-example latency incl. JSON "
                    "re-generation; throughput at the configured batch/concurrency)\n")
         out.append("| model | backend | hardware | sec/example (lower is better) | examples/s (batch) | f1-score |")
         out.append("|---|---|---|---|---|---|")
-        for model, res in results.items():
-            m = res.get("item_intel")
+        for model, m in item_intel_rows(results):
             if m:
                 t = m.get("timing", {})
                 eps = m.get("examples_per_s")
@@ -99,6 +132,9 @@ def tables_csv(results: dict[str, dict[str, Any]]) -> str:
             if any(b in r for r in results.values())]
     cols += [("table4", c.split(": ", 1)[1], b, m) for c, b, m in TIMING_PANELS
              if any(r.get(b, {}).get(m) is not None for r in results.values())]
+    for key, name in ITEM_INTEL_ROWS:  # the other inference strategies: their own Table-3 columns
+        if name and any(key in r for r in results.values()):
+            cols += [("table3", f"{c} [{name}]", key, m) for c, _, m in TABLES["table3"][1]]
     rows = ["model," + ",".join(f'"{t}: {c}"' for t, c, _, _ in cols)]
     for model, res in results.items():
         vals = [res.get(b, {}).get(m) for _, _, b, m in cols]
@@ -136,6 +172,8 @@ def plot(results: dict[str, dict[str, Any]], path: str | Path) -> Path | None:
     cols = [(c, b, m) for _, spec in TABLES.values() for c, b, m in spec if any(b in r for r in results.values())]
     cols += [(c, b, m) for c, b, m in TIMING_PANELS
              if any(r.get(b, {}).get(m) is not None for r in results.values())]
+    cols += [(f"f1-score [{name}]", key, "f1") for key, name in ITEM_INTEL_ROWS
+             if name and any(key in r for r in results.values())]
     if not cols:
         return None
     n = len(cols)

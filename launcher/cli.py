@@ -14,6 +14,10 @@ EXAMPLES = """examples:
   # a job array, one task per combination (Hydra's sweep syntax: a=1,2 range(1,3) choice(x,y) glob(p*) [list])
   ecomvlm launch tiny_siglip_qwen3_stage3_sft --cluster local -m -- tokenizer.path=TOKENIZER_DIR \\
       data.shards=SHARDS_DIR 'optim.lr=1e-4,3e-4' 'optim.betas=[0.9,0.95],[0.9,0.999]'
+  # the data pipelines as SLURM arrays (docs/LAUNCHING_DATA.md): 32 tasks per model-calling stage, chained
+  ecomvlm launch data curate --cluster h100_8x --array 32 -- run raw/listings.jsonl --work /shared/cur \\
+      --captioner-url http://vlm:8000/v1 --captioner-model M1 --verifier-url http://llm:8000/v1 --verifier-model M2
+  ecomvlm launch data item-intel --cluster h100_8x --array 32 -- all --items items.jsonl --work /shared/ii ...
   # --executor nemo-run submits the same checked job through NeMo-Run's SlurmExecutor (its own venv:
   # make nemo-run-env); --executor nemo-run-local runs it here with NeMo-Run's LocalExecutor
 """
@@ -27,6 +31,11 @@ def _launch(args: argparse.Namespace) -> int:
     from ecomvlm.launcher.cluster import load_cluster
     from ecomvlm.launcher.plan import make_plan
 
+    if args.recipe == "data":
+        return _launch_data(args)
+    if args.array is not None:
+        raise ValueError(f"--array {args.array}: for data stages (ecomvlm launch data ...); a training job array is "
+                         f"--sweep KEY=VALUES or -m")
     if args.nodes is not None and args.nodes < 1:
         raise ValueError(f"--nodes {args.nodes}: a job needs at least 1 node")
     cluster = load_cluster(args.cluster, nodes=args.nodes)
@@ -85,6 +94,47 @@ def _nemo_run(plan, args: argparse.Namespace, tasks: str) -> int:
     return _wait(job["job_id"], plan) if args.wait else 0
 
 
+def _launch_data(args: argparse.Namespace) -> int:
+    from ecomvlm.launcher import data
+    from ecomvlm.launcher.cluster import load_cluster
+    from ecomvlm.launcher.slurm import describe, succeeded
+
+    for flag, given in (("--nodes", args.nodes is not None), ("--sweep", bool(args.sweep)),
+                        ("-m/--multirun", args.multirun), ("--resume", args.resume),
+                        (f"--executor {args.executor}", args.executor != "sbatch")):
+        if given:
+            raise ValueError(f"{flag}: not for data stages (one CPU task per array task, submitted by sbatch; a "
+                             f"re-submitted stage goes on by itself); drop it")
+    if not args.overrides:
+        raise ValueError("launch data: name the pipeline, e.g. ecomvlm launch data curate --cluster NAME --array 8 "
+                         "-- run raw/listings.jsonl --work WORK ...")
+    pipeline, stage_args = args.overrides[0], args.overrides[1:]
+    cluster = load_cluster(args.cluster)
+    plan = data.make_data_plan(pipeline, stage_args, cluster, array=1 if args.array is None else args.array,
+                               after=args.after, job_name=args.job_name, check_paths=not args.skip_path_check)
+    for n in plan.notes:
+        _note(n)
+    if args.dry_run:
+        print(data.dry_run_text(plan), end="")
+        return 0
+    submitted = data.submit(plan)
+    for s in submitted:
+        logs = s.log_paths if len(s.log_paths) <= 3 else [s.log_paths[0], "...", s.log_paths[-1]]
+        tasks = f"{s.job.tasks} array tasks" if s.job.is_array else "1 task"
+        print(f"submitted job {s.job_id} {s.job.name} ({tasks}: {s.job.what()}); log{'s' if s.job.is_array else ''} "
+              f"{' '.join(logs)}; script {s.script_path}", flush=True)
+    if not args.wait:
+        return 0
+    ok = True
+    for s, final in data.wait_all(submitted, report=lambda line: print(line, flush=True)):
+        bad = [t for t, r in final.items() if not succeeded({t: r})]
+        ok = ok and not bad
+        print(f"job {s.job_id} {s.job.name}: {len(final) - len(bad)} of {len(final)} task"
+              f"{'s' if len(final) > 1 else ''} completed"
+              + (f"; not: {', '.join(describe(s.job_id, t, final[t]) for t in bad)}" if bad else ""), flush=True)
+    return 0 if ok else 1
+
+
 def _whole_number(s: str) -> int:
     try:
         return int(s)
@@ -115,4 +165,7 @@ def register(sub) -> None:
                     help="do not check that the paths in the config exist on this host")
     la.add_argument("--dry-run", action="store_true", help="check everything, print the sbatch script, submit nothing")
     la.add_argument("--wait", action="store_true", help="wait for the job (every array task); exit 1 if one failed")
+    la.add_argument("--array", type=_whole_number, default=None, metavar="N",
+                    help="data stages: N array tasks per partitioned stage (ecomvlm launch data curate|item-intel "
+                         "... -- STAGE ...; docs/LAUNCHING_DATA.md)")
     la.set_defaults(func=_launch)

@@ -55,6 +55,15 @@ class ClusterConfig:
     max_requeues: int = 3
     signal_seconds: int = 120
     extra_sbatch: list[str] = dataclasses.field(default_factory=list)
+    # data stages (`ecomvlm launch data ...`, launcher/data.py): one CPU process per array task calling endpoints;
+    # null = the training value above (partition, cpus_per_task, time). No GPU, no --mem and none of
+    # extra_sbatch (e.g. --exclusive) unless set here.
+    data_partition: str | None = None
+    data_cpus_per_task: int | None = None
+    data_gpus_per_node: int = 0
+    data_mem: str | int | None = None
+    data_time: str | None = None
+    data_extra_sbatch: list[str] = dataclasses.field(default_factory=list)
     source: str = dataclasses.field(default="<defaults>", compare=False)  # where it was loaded from (for errors)
 
     @property
@@ -90,10 +99,18 @@ _KINDS: dict[str, tuple[tuple[type, ...], str]] = {
     "max_requeues": ((int,), "a whole number >= 0, e.g. max_requeues: 3"),
     "signal_seconds": ((int,), "seconds >= 1 before the time limit, e.g. signal_seconds: 300"),
     "extra_sbatch": ((list,), 'a list of sbatch options, e.g. extra_sbatch: ["--exclusive"]'),
+    "data_partition": ((str,), "the partition of data-stage jobs, e.g. data_partition: cpu"),
+    "data_cpus_per_task": ((int,), "a whole number >= 1, e.g. data_cpus_per_task: 4"),
+    "data_gpus_per_node": ((int,), "a whole number >= 0 (0: data stages ask for no GPU), e.g. data_gpus_per_node: 0"),
+    "data_mem": ((int, str), "megabytes or a size with a unit, e.g. data_mem: 16G"),
+    "data_time": ((str,), 'a SLURM time limit in quotes, e.g. data_time: "12:00:00"'),
+    "data_extra_sbatch": ((list,), 'a list of sbatch options for data-stage jobs, e.g. data_extra_sbatch: '
+                                   '["--qos=cpu"]'),
 }
 _MINIMUM = {"nodes": 1, "gpus_per_node": 0, "tasks_per_node": 1, "cpus_per_task": 1, "max_requeues": 0,
-            "signal_seconds": 1}
-_REQUIRED = {"nodes", "gpus_per_node", "time", "log_dir", "runs_root", "requeue", "max_requeues", "signal_seconds"}
+            "signal_seconds": 1, "data_cpus_per_task": 1, "data_gpus_per_node": 0}
+_REQUIRED = {"nodes", "gpus_per_node", "time", "log_dir", "runs_root", "requeue", "max_requeues", "signal_seconds",
+             "data_gpus_per_node", "data_extra_sbatch"}
 
 
 def time_limit_seconds(t: str) -> int | None:
@@ -138,13 +155,16 @@ def check_cluster(c: ClusterConfig) -> ClusterConfig:
             _check_text(where, f.name, v)
         if f.name in _MINIMUM and v < _MINIMUM[f.name]:
             raise ValueError(f"{where}: {f.name}={v} is below {_MINIMUM[f.name]}: {hint}")
-    if c.partition is not None and not _PARTITION_RE.fullmatch(c.partition):
-        raise ValueError(f"{where}: partition={c.partition!r}: use letters, digits, '_', '.', '-' (',' between "
-                         f"several)")
+    for key in ("partition", "data_partition"):
+        v = getattr(c, key)
+        if v is not None and not _PARTITION_RE.fullmatch(v):
+            raise ValueError(f"{where}: {key}={v!r}: use letters, digits, '_', '.', '-' (',' between several)")
     if c.account is not None and not _PARTITION_RE.fullmatch(c.account):
         raise ValueError(f"{where}: account={c.account!r}: use letters, digits, '_', '.', '-'")
-    if isinstance(c.mem, int) and c.mem < 0 or isinstance(c.mem, str) and not _MEM_RE.fullmatch(c.mem):
-        raise ValueError(f"{where}: mem={c.mem!r}: expected {_KINDS['mem'][1]}")
+    for key in ("mem", "data_mem"):
+        v = getattr(c, key)
+        if isinstance(v, int) and v < 0 or isinstance(v, str) and not _MEM_RE.fullmatch(v):
+            raise ValueError(f"{where}: {key}={v!r}: expected {_KINDS[key][1]}")
     limit = time_limit_seconds(c.time)
     if limit is None:
         raise ValueError(f"{where}: time={c.time!r} is not a SLURM time limit: {_KINDS['time'][1]}")
@@ -152,6 +172,13 @@ def check_cluster(c: ClusterConfig) -> ClusterConfig:
         raise ValueError(f"{where}: signal_seconds={c.signal_seconds} is not below the time limit {c.time} "
                          f"({limit} s): the save-on-signal warning would come before training starts; lower "
                          f"signal_seconds or raise time")
+    if c.data_time is not None:
+        data_limit = time_limit_seconds(c.data_time)
+        if data_limit is None:
+            raise ValueError(f"{where}: data_time={c.data_time!r} is not a SLURM time limit: {_KINDS['data_time'][1]}")
+        if c.signal_seconds >= data_limit:
+            raise ValueError(f"{where}: signal_seconds={c.signal_seconds} is not below data_time {c.data_time} "
+                             f"({data_limit} s): a data stage would be told to stop before it starts; raise data_time")
     if c.gpus_per_node == 0 and c.tasks_per_node is None:
         raise ValueError(f"{where}: gpus_per_node is 0, so set tasks_per_node (processes per node), e.g. "
                          f"tasks_per_node: 2")
@@ -183,13 +210,14 @@ def check_cluster(c: ClusterConfig) -> ClusterConfig:
             if _CONTROL.search(v):
                 raise ValueError(f"{where}: env: {k}={v!r} contains a control character (newline, tab, ...); "
                                  f"write it as one line of printable text")
-    for raw in c.extra_sbatch:
-        if not isinstance(raw, str):
-            raise ValueError(f"{where}: extra_sbatch: {raw!r} is not a string; {_KINDS['extra_sbatch'][1]}")
-        _check_text(where, "extra_sbatch", raw)
-        if not re.fullmatch(r"--?[A-Za-z][A-Za-z0-9-]*(=.*)?", raw):
-            raise ValueError(f"{where}: extra_sbatch: {raw!r} is not one sbatch option; write e.g. --exclusive "
-                             f"or --constraint=h100")
+    for key in ("extra_sbatch", "data_extra_sbatch"):
+        for raw in getattr(c, key):
+            if not isinstance(raw, str):
+                raise ValueError(f"{where}: {key}: {raw!r} is not a string; {_KINDS[key][1]}")
+            _check_text(where, key, raw)
+            if not re.fullmatch(r"--?[A-Za-z][A-Za-z0-9-]*(=.*)?", raw):
+                raise ValueError(f"{where}: {key}: {raw!r} is not one sbatch option; write e.g. --exclusive "
+                                 f"or --constraint=h100")
     return c
 
 

@@ -77,15 +77,20 @@ def task_overrides(plan: Plan) -> list[str]:
 
 
 def container_flags(plan: Plan) -> list[str]:
-    c, q = plan.cluster, shlex.quote
+    return cluster_container_flags(plan.cluster, plan.workdir, plan.exported_names())
+
+
+def cluster_container_flags(c, workdir: str, env_names: list[str]) -> list[str]:
+    """pyxis flags of srun: the image, the mounts + the submit directory, and the variables that beat the image's."""
+    q = shlex.quote
     if not c.container_image:
         return []
     mounts = list(c.container_mounts)
-    if not any(m.split(":")[1 if ":" in m else 0].rstrip("/") == plan.workdir for m in mounts):
-        mounts.append(f"{plan.workdir}:{plan.workdir}")
+    if not any(m.split(":")[1 if ":" in m else 0].rstrip("/") == workdir for m in mounts):
+        mounts.append(f"{workdir}:{workdir}")
     return [f"--container-image={q(c.container_image)}", f"--container-mounts={q(','.join(mounts))}",
-            f"--container-workdir={q(plan.workdir)}", "--no-container-mount-home",
-            f"--container-env={','.join(plan.exported_names())}"]
+            f"--container-workdir={q(workdir)}", "--no-container-mount-home",
+            f"--container-env={','.join(env_names)}"]
 
 
 def render(plan: Plan) -> str:

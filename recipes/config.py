@@ -13,6 +13,19 @@ A run's config is put together in this order; each step overrides the ones befor
 ``${...}`` interpolations (e.g. ``run.dir: runs/${run.name}``) are resolved after all of them. Every key is
 typed: an unknown key or a value of the wrong type fails at composition, naming the key.
 
+Two training backends, chosen per recipe by ``backend``:
+
+- ``megatron`` (:class:`TrainConfig`, ``train_schema``): our composed encoder x decoder VLMs (recipes/vlm_train.py);
+- ``automodel`` (:class:`AutoModelTrainConfig`, ``automodel_train_schema``): complete HF VLMs (Gemma3, Qwen2.5-VL,
+  Qwen3-VL, Nemotron-Nano-VL) fine-tuned with NeMo AutoModel (recipes/automodel/). Its ``model`` is a
+  conf/hf_model/<name>.yaml (:class:`~ecomvlm.recipes.automodel.schema.HFVLMConfig`, ``model.hf_path`` = the
+  checkpoint folder) and it adds ``automodel`` (FSDP2 and checkpoint settings) and ``peft`` (``peft=lora``); the
+  shared groups keep their meaning (``parallel``: TP/CP, FSDP2 over the rest; ``precision``: bf16 compute with fp32
+  master weights, or fp32; ``data``/``optim``/``trainer``/``recipe``/``run``). Its recipes
+  (conf/<model>_item_intel_ft.yaml for gemma3_4b/12b/27b, qwen2_5_vl_7b, qwen3_vl_8b, nemotron_nano_vl_8b) start
+  their defaults list with ``automodel_train_schema`` and ``hf_model@model: <name>``, then the shared groups and
+  ``peft: none``; recipes/vlm_train.py's ``run`` dispatches on ``backend``.
+
 Hydra's ConfigStore holds the schema (``train_schema``) and one schema per model family (``schema/decoder/<family>``,
 ``schema/encoder/<family>``, which the YAML files of conf/model/{encoder,decoder} name in their defaults list).
 :func:`load` composes and returns a :class:`TrainConfig` object (``OmegaConf.to_object``).
@@ -26,6 +39,7 @@ from typing import Any
 from omegaconf import II, MISSING, DictConfig, OmegaConf
 
 from ecomvlm.data_modules.config import DataConfig
+from ecomvlm.recipes.automodel.schema import AutoModelConfig, HFVLMConfig, PeftConfig
 from ecomvlm.recipes.models.parallel import ParallelConfig
 from ecomvlm.recipes.models.precision import PrecisionConfig
 from ecomvlm.recipes.models.registry import DECODERS, ENCODERS, VLMConfig
@@ -87,8 +101,12 @@ class ExportConfig:
     hf_dir: str | None = None  # single-process runs: also write an HF LLaVA directory at the end
 
 
+BACKENDS = ("megatron", "automodel")
+
+
 @dataclass
 class TrainConfig:
+    backend: str = "megatron"  # megatron: composed VLMs (this schema) | automodel: AutoModelTrainConfig
     model: VLMConfig = MISSING
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
     precision: PrecisionConfig = field(default_factory=PrecisionConfig)
@@ -100,6 +118,38 @@ class TrainConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
+
+    def __post_init__(self) -> None:
+        if self.backend not in BACKENDS:
+            raise ValueError(f"backend={self.backend!r}: choose one of {BACKENDS}")
+        if self.backend != "megatron":
+            raise ValueError(f"backend={self.backend}: this recipe's model is a composed encoder x decoder VLM, which "
+                             f"trains on the megatron backend; the automodel backend fine-tunes complete HF VLMs "
+                             f"(recipes whose model is conf/hf_model/*.yaml, e.g. gemma3_4b_item_intel_ft)")
+
+
+@dataclass
+class HFInitConfig:
+    """Where an AutoModel run's weights come from when its run dir has no checkpoint yet."""
+
+    from_checkpoint: str | None = None  # a finished AutoModel run dir (its hf/ result) or an HF folder; else hf_path
+
+
+@dataclass
+class AutoModelTrainConfig(TrainConfig):
+    """A run of the AutoModel backend (recipes/automodel/): a complete HF VLM, FSDP2 (+TP/CP), our data and run dir."""
+
+    backend: str = "automodel"
+    model: HFVLMConfig = MISSING
+    tokenizer: TokenizerConfig = field(default_factory=lambda: TokenizerConfig(path="${model.hf_path}"))
+    init: HFInitConfig = field(default_factory=HFInitConfig)
+    automodel: AutoModelConfig = field(default_factory=AutoModelConfig)
+    peft: PeftConfig = field(default_factory=PeftConfig)
+
+    def __post_init__(self) -> None:
+        if self.backend != "automodel":
+            raise ValueError(f"backend={self.backend}: this recipe's model is a complete HF VLM "
+                             f"(conf/hf_model/{self.model.name}), which trains on the automodel backend only")
 
 
 _registered = False
@@ -114,6 +164,7 @@ def register() -> None:
 
     cs = ConfigStore.instance()
     cs.store(name="train_schema", node=TrainConfig)
+    cs.store(name="automodel_train_schema", node=AutoModelTrainConfig)
     for family, klass in DECODERS.items():
         cs.store(group="schema/decoder", name=family, node=klass)
     for family, klass in ENCODERS.items():

@@ -297,13 +297,33 @@ class VLMTrainingRecipe:
             torch.distributed.barrier()
 
 
+def backend_of(cfg) -> str:
+    """``backend`` of a composed (DictConfig) or typed config: megatron (this file) or automodel."""
+    return str(getattr(cfg, "backend", None) or "megatron")
+
+
 def run(cfg, callbacks: list | None = None) -> dict[str, Any]:
-    """Set up and train one stage; returns the summary (losses per step, checkpoints, data counts)."""
+    """Set up and train one stage; returns the summary (losses per step, checkpoints, data counts). Recipes with
+    ``backend: automodel`` (complete HF VLMs) run recipes/automodel/recipe.py instead."""
+    if backend_of(cfg) == "automodel":
+        from ecomvlm.recipes.automodel.recipe import run as run_automodel
+
+        return run_automodel(cfg, callbacks)
     recipe = VLMTrainingRecipe(cfg, callbacks).setup()
     try:
         return recipe.train()
     finally:
         recipe.cleanup()
+
+
+def plan(cfg, nproc: int) -> str:
+    """``ecomvlm train --dry-run`` of an automodel recipe: its layout, the checks, a memory estimate (the megatron
+    recipes' plan is recipes/cli.py's)."""
+    if backend_of(cfg) != "automodel":
+        raise ValueError("plan() covers backend=automodel recipes; megatron recipes print recipes/cli.py's plan")
+    from ecomvlm.recipes.automodel.translate import plan as automodel_plan
+
+    return automodel_plan(to_config(cfg), nproc)
 
 
 def main() -> None:

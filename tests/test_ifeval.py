@@ -150,3 +150,32 @@ def test_load_and_evaluate_with_a_backend(tmp_path):
     path.write_text(path.read_text() + "{not json\n")
     with pytest.raises(ValueError, match=r"ifeval.jsonl:3"):
         ifeval.load_ifeval(path)
+
+
+def test_ecomvlm_eval_runs_ifeval_as_a_benchmark(tmp_path):
+    """`ecomvlm eval --benchmarks ifeval` reads <data>/eval/ifeval.jsonl and scores it with the same checker."""
+    from PIL import Image
+
+    from ecomvlm.eval.runner import evaluate
+
+    (tmp_path / "eval").mkdir()
+    Image.new("RGB", (32, 32), (255, 0, 0)).save(tmp_path / "red.png")
+    rows = [{"id": "r1", "images": ["red.png"], "prompt": "<image>\nDescribe it in lowercase.",
+             "constraints": [{"instruction_id": "change_case:english_lowercase", "kwargs": {}}]},
+            {"id": "r2", "images": ["red.png"], "prompt": "<image>\nDescribe it in lowercase.",
+             "constraints": [{"instruction_id": "change_case:english_lowercase", "kwargs": {}}]}]
+    (tmp_path / "eval" / "ifeval.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+    class ScriptedModel:
+        name = "scripted"
+        last_latencies: list = []
+
+        def describe(self):
+            return {"engine": "scripted"}
+
+        def generate(self, prompts, images, **kw):
+            self.last_latencies = [0.0] * len(prompts)
+            return ["a red square.", "A Red Square."]
+
+    res = evaluate(ScriptedModel(), "scripted", ["ifeval"], tmp_path / "out", data_dir=tmp_path, warmup=False)
+    assert res["ifeval"]["prompt_level_strict_acc"] == 0.5

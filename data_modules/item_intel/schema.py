@@ -35,3 +35,74 @@ ITEM_INTEL_SCHEMA: dict[str, Any] = {"type": "object", "additionalProperties": F
                                                          "required": ["text"], "additionalProperties": False}}}}}}
 
 
+# ----------------------------------------------------------------------------------------------------------
+# Teacher output. OpenAI's strict structured output requires every property of every object to be listed in
+# `required`; a teacher schema therefore lists all of them and the prompt says to leave what is not visible empty
+# ("" or []). `normalize_label` turns such an answer back into the item-intelligence form (only non-empty fields).
+
+
+def strict_schema(schema: dict[str, Any] | None = None) -> dict[str, Any]:
+    """`schema` (default ITEM_INTEL_SCHEMA) with every object's properties required and no others allowed."""
+    import copy
+
+    s = copy.deepcopy(ITEM_INTEL_SCHEMA if schema is None else schema)
+
+    def walk(node: dict[str, Any]) -> None:
+        if node.get("type") == "object" and "properties" in node:
+            node["required"] = list(node["properties"])
+            node["additionalProperties"] = False
+            for child in node["properties"].values():
+                walk(child)
+        elif node.get("type") == "array" and isinstance(node.get("items"), dict):
+            walk(node["items"])
+
+    walk(s)
+    return s
+
+
+def validate_answer(value: Any, schema: dict[str, Any] | None = None, path: str = "") -> str | None:
+    """None if `value` follows `schema` (the JSON-schema subset used here: object/properties/required/
+    additionalProperties, array/items, string), else what is wrong, said so a model can fix it."""
+    schema = ITEM_INTEL_SCHEMA if schema is None else schema
+    where = path or "the answer"
+    kind = schema.get("type")
+    if kind == "object":
+        if not isinstance(value, dict):
+            return f"{where} must be a JSON object"
+        props = schema.get("properties", {})
+        for k in value:
+            if k not in props and schema.get("additionalProperties") is False:
+                return f"{where} has an unknown field {k!r}; allowed: {sorted(props)}"
+        for k in schema.get("required", []):
+            if k not in value:
+                return f"{where} lacks the required field {k!r}"
+        for k, v in value.items():
+            if k in props:
+                problem = validate_answer(v, props[k], f"{path}.{k}" if path else k)
+                if problem:
+                    return problem
+        return None
+    if kind == "array":
+        if not isinstance(value, list):
+            return f"{where} must be a list"
+        for i, v in enumerate(value):
+            problem = validate_answer(v, schema.get("items", {}), f"{where}[{i}]")
+            if problem:
+                return problem
+        return None
+    if kind == "string" and not isinstance(value, str):
+        return f"{where} must be a string, not {type(value).__name__}"
+    return None
+
+
+def normalize_label(value: Any) -> Any:
+    """Only non-empty fields: empty strings, lists and objects (and None) are removed, strings stripped."""
+    if isinstance(value, dict):
+        out = {k: normalize_label(v) for k, v in value.items()}
+        return {k: v for k, v in out.items() if v not in ("", [], {}, None)}
+    if isinstance(value, list):
+        out = [normalize_label(v) for v in value]
+        return [v for v in out if v not in ("", [], {}, None)]
+    if isinstance(value, str):
+        return value.strip()
+    return value

@@ -55,6 +55,13 @@ class SynthConfig:
     seed: int = 0
     image_size: int = 192
     max_images: int = 6  # 1..max_images images per item
+    # item-intelligence options (off by default; the default output does not change):
+    small_print: float = 0.0  # > 0: back/label prints drawn small (text height = this * image side), render.py
+    regions: bool = False  # items.jsonl gets `regions`: the true boxes of the printed text regions per image
+
+
+# options added after format 1: recorded in manifest.json only when set, so default output stays byte-identical
+_OPTIONAL = {"small_print": 0.0, "regions": False}
 
 
 def synthesize(cfg: SynthConfig, progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
@@ -65,6 +72,9 @@ def synthesize(cfg: SynthConfig, progress: Callable[[int, int], None] | None = N
         raise ValueError(f"--max-images must be in 1..{len(VIEW_ORDER)}, got {cfg.max_images}")
     if cfg.image_size < 32:
         raise ValueError(f"--image-size must be >= 32 pixels for legible attributes, got {cfg.image_size}")
+    if not 0.0 <= cfg.small_print <= 0.2:
+        raise ValueError(f"--small-print is a text height as a fraction of the image side, in [0, 0.2]; got "
+                         f"{cfg.small_print}")
     out = Path(cfg.out)
     (out / "images").mkdir(parents=True, exist_ok=True)
     train: dict[str, list] = {}
@@ -77,13 +87,22 @@ def synthesize(cfg: SynthConfig, progress: Callable[[int, int], None] | None = N
             item = make_item(cfg.seed, split, index)
             rng = random.Random(f"ecomvlm-synth-render:{cfg.seed}:{split}:{index}")
             n_img = rng.randint(1, cfg.max_images)
+            regions: dict[str, list] = {}
             for view in VIEW_ORDER[:n_img]:
                 rel = f"images/{item.item_id}_{view}.png"
-                render_view(item, view, cfg.image_size, rng).save(out / rel, optimize=False)
+                found: list | None = [] if cfg.regions else None
+                render_view(item, view, cfg.image_size, rng, small_print=cfg.small_print,
+                            regions=found).save(out / rel, optimize=False)
                 item.images.append(rel)
+                if found is not None:
+                    regions[rel] = found
             for name, recs in make(item, rng).items():
                 sink.setdefault(name, []).extend(recs)
-            items.append({"split": split, **asdict(item), "title": item.title})
+            row = {"split": split, **asdict(item), "title": item.title}
+            if cfg.regions:
+                row["image_size"] = [cfg.image_size, cfg.image_size]
+                row["regions"] = regions
+            items.append(row)
             done += 1
             if progress:
                 progress(done, total)
@@ -99,7 +118,8 @@ def synthesize(cfg: SynthConfig, progress: Callable[[int, int], None] | None = N
     (out / "items.jsonl").write_text("".join(json.dumps(r) + "\n" for r in items))
     manifest = {
         "format_version": SYNTH_FORMAT_VERSION,
-        "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items() if k != "out"},
+        "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()
+                   if k != "out" and not (k in _OPTIONAL and v == _OPTIONAL[k])},
         "items": {"train": cfg.n, "eval": cfg.n_eval},
         "images": sum(len(i["images"]) for i in items),
         "records": files,

@@ -1,5 +1,12 @@
 """Drawing an item's views. Coordinates are computed on a unit square and scaled, so every image size shows the
-same scene; Pillow's bundled font keeps pictures identical on every machine."""
+same scene; Pillow's bundled font keeps pictures identical on every machine.
+
+Two options leave the default pictures untouched (byte-identical) and exist for the item-intelligence pipeline:
+- ``regions``: a list that receives the true pixel box of every printed text region drawn (brand, size, EAN digits,
+  barcode bars, country, model number, certification marks, warning label), with the fact it shows;
+- ``small_print``: draw the back and label prints small (text of ``small_print * side`` pixels) on compact stickers
+  at item-specific places, so that a view downscaled to an encoder's input cannot be read while a crop can.
+"""
 
 from __future__ import annotations
 
@@ -83,13 +90,19 @@ def _silhouette(item: Item, s: int, box: tuple[float, float, float, float]) -> I
     return m
 
 
-def _text_center(d: ImageDraw.ImageDraw, xy: tuple[float, float], text: str, px: int, fill) -> None:
+def _text_center(d: ImageDraw.ImageDraw, xy: tuple[float, float], text: str, px: int, fill
+                 ) -> tuple[float, float, float, float]:
+    """Draw `text` centred on `xy`; returns the box of its inked pixels (x0, y0, x1, y1)."""
     font = _font(px)
     left, top, right, bottom = d.textbbox((0, 0), text, font=font)
-    d.text((xy[0] - (right - left) / 2, xy[1] - (bottom - top) / 2), text, font=font, fill=fill)
+    at = (xy[0] - (right - left) / 2, xy[1] - (bottom - top) / 2)
+    d.text(at, text, font=font, fill=fill)
+    return tuple(d.textbbox(at, text, font=font))  # type: ignore[return-value]
 
 
-def _draw_barcode(d: ImageDraw.ImageDraw, ean: str, x0: float, y0: float, w: float, h: float) -> None:
+def _draw_barcode(d: ImageDraw.ImageDraw, ean: str, x0: float, y0: float, w: float, h: float
+                  ) -> tuple[tuple[float, float, float, float], tuple]:
+    """Bars + digits; returns (bars box, digits box)."""
     # Not a scannable EAN symbology, but one bar pattern per digit so the digits are also "in the bars".
     unit = w / (13 * 7)
     x = x0
@@ -99,10 +112,98 @@ def _draw_barcode(d: ImageDraw.ImageDraw, ean: str, x0: float, y0: float, w: flo
             if bit == "1":
                 d.rectangle([x, y0, x + unit, y0 + h * 0.75], fill=(0, 0, 0))
             x += unit
-    _text_center(d, (x0 + w / 2, y0 + h * 0.88), ean, int(h * 0.25), (0, 0, 0))
+    digits = _text_center(d, (x0 + w / 2, y0 + h * 0.88), ean, int(h * 0.25), (0, 0, 0))
+    return (x0, y0, x0 + w, y0 + h * 0.75), digits
 
 
-def render_view(item: Item, view: str, s: int, rng: random.Random) -> Image.Image:
+def _bars(d: ImageDraw.ImageDraw, ean: str, x0: float, y0: float, w: float, h: float) -> tuple:
+    """The bars of `_draw_barcode` alone, `h` tall; returns their box."""
+    unit = w / (13 * 7)
+    x = x0
+    for digit in ean:
+        for bit in format((int(digit) * 37 + 11) % 128, "07b"):
+            if bit == "1":
+                d.rectangle([x, y0, x + unit, y0 + h], fill=(0, 0, 0))
+            x += unit
+    return x0, y0, x0 + w, y0 + h
+
+
+# the fact of the item-intelligence schema each printed region shows (None: informative, no fact of its own)
+REGION_FACTS = {"brand": "attributes.brand_name", "size": "attributes.size", "ean": "identifiers.barcodes",
+                "barcode": None, "country": "origin_production.country_of_origin",
+                "model": "identifiers.model_number", "certifications": "regulatory_safety.certification_marks",
+                "warning": "regulatory_safety.hazard_statements"}
+
+
+def _region(regions: list | None, kind: str, text: str, box, s: int) -> None:
+    if regions is None:
+        return
+    import math
+
+    x0, y0, x1, y1 = box
+    b = [max(0, math.floor(x0)), max(0, math.floor(y0)), min(s, math.ceil(x1)), min(s, math.ceil(y1))]
+    regions.append({"kind": kind, "fact": REGION_FACTS[kind], "text": text, "box": b})
+
+
+def _wrap2(text: str, limit: int = 20) -> list[str]:
+    """A long line as two lines split at the space nearest its middle (small warning labels)."""
+    if len(text) <= limit or " " not in text:
+        return [text]
+    mid = len(text) / 2
+    cut = min((i for i, c in enumerate(text) if c == " "), key=lambda i: abs(i - mid))
+    return [text[:cut], text[cut + 1:]]
+
+
+def _small_sticker(d: ImageDraw.ImageDraw, item: Item, view: str, s: int, frac: float, regions: list | None) -> None:
+    """The prints of a back/label view, small, on a white sticker at an item- and view-specific place."""
+    px = max(6, round(s * frac))
+    place = random.Random(f"ecomvlm-synth-small:{item.item_id}:{view}")
+    font = _font(px)
+    lh = px * 1.35  # line pitch
+    if view == "label":
+        lines = [("brand", item.brand.upper()), ("model", f"MODEL {item.model_number}"),
+                 ("size", f"SIZE {item.size}"), ("ean", item.ean)]
+        if item.certifications:
+            lines.append(("certifications", " ".join(item.certifications)))
+        warn = _wrap2(item.warning) if item.warning else []
+    else:
+        lines = [("size", f"SIZE {item.size}"), ("barcode", item.ean), ("country", f"MADE IN {item.country.upper()}")]
+        warn = []
+    widths = [d.textbbox((0, 0), t, font=font)[2] for _, t in lines] + \
+        [d.textbbox((0, 0), t, font=font)[2] for t in warn]
+    bar_h = 2.2 * px if view != "label" else 0.0
+    sw = max(widths) + 2 * px
+    sh = lh * len(lines) + bar_h + (lh * len(warn) + px * 0.6 if warn else 0) + px
+    x0 = place.uniform(0.04 * s, max(0.04 * s, 0.96 * s - sw))
+    y0 = place.uniform(0.04 * s, max(0.04 * s, 0.96 * s - sh))
+    d.rectangle([x0, y0, x0 + sw, y0 + sh], fill=(255, 255, 255), outline=(90, 90, 90))
+    cx, y = x0 + sw / 2, y0 + px * 0.5 + lh / 2
+    for kind, text in lines:
+        if kind == "barcode":  # bars, then the EAN digits under them
+            bw = d.textbbox((0, 0), text, font=font)[2]
+            bars = _bars(d, item.ean, cx - bw / 2, y - lh / 2 + px * 0.2, bw, bar_h)
+            _region(regions, "barcode", item.ean, bars, s)
+            digits = _text_center(d, (cx, y + bar_h + px * 0.2), item.ean, px, (0, 0, 0))
+            _region(regions, "ean", item.ean, digits, s)
+            y += bar_h + lh
+            continue
+        box = _text_center(d, (cx, y), text, px, (0, 0, 0))
+        _region(regions, kind, text, box, s)
+        y += lh
+    if warn:
+        top = y - lh / 2 + px * 0.2
+        d.rectangle([x0 + px * 0.4, top, x0 + sw - px * 0.4, top + lh * len(warn) + px * 0.2], fill=(250, 220, 40))
+        boxes = []
+        for t in warn:
+            boxes.append(_text_center(d, (cx, top + px * 0.1 + lh / 2 + lh * len(boxes)), t, px, (0, 0, 0)))
+        _region(regions, "warning", item.warning, (min(b[0] for b in boxes), min(b[1] for b in boxes),
+                                                   max(b[2] for b in boxes), max(b[3] for b in boxes)), s)
+
+
+def render_view(item: Item, view: str, s: int, rng: random.Random, *, small_print: float = 0.0,
+                regions: list | None = None) -> Image.Image:
+    """One view of `item`, `s` pixels square. `regions` (a list) receives the true boxes of the printed regions;
+    `small_print` > 0 draws the back/label prints small (module docstring). Neither changes the default picture."""
     bg = tuple(int(v) for v in (rng.randint(170, 215),) * 3)
     img = Image.new("RGB", (s, s), bg)  # type: ignore[arg-type]
     d = ImageDraw.Draw(img)
@@ -118,24 +219,36 @@ def render_view(item: Item, view: str, s: int, rng: random.Random) -> Image.Imag
         img.paste((0, 0, 0), (0, 0), outline)
         if view.startswith("front"):
             # brand plate on the product
-            _text_center(d, (s * 0.5, s * 0.9), item.brand.upper(), s // 9, (0, 0, 0))
+            box = _text_center(d, (s * 0.5, s * 0.9), item.brand.upper(), s // 9, (0, 0, 0))
+            _region(regions, "brand", item.brand.upper(), box, s)
+        elif small_print > 0:
+            _small_sticker(d, item, view, s, small_print, regions)
         else:
             y = s * 0.78
             d.rectangle([s * 0.12, y - s * 0.02, s * 0.88, s * 0.99], fill=(255, 255, 255))
-            _text_center(d, (s * 0.5, y + s * 0.02), f"SIZE {item.size}", s // 14, (0, 0, 0))
-            _draw_barcode(d, item.ean, s * 0.18, y + s * 0.075, s * 0.64, s * 0.11)
-            _text_center(d, (s * 0.5, s * 0.12), f"MADE IN {item.country.upper()}", s // 14, (0, 0, 0))
+            box = _text_center(d, (s * 0.5, y + s * 0.02), f"SIZE {item.size}", s // 14, (0, 0, 0))
+            _region(regions, "size", f"SIZE {item.size}", box, s)
+            bars, digits = _draw_barcode(d, item.ean, s * 0.18, y + s * 0.075, s * 0.64, s * 0.11)
+            _region(regions, "barcode", item.ean, bars, s)
+            _region(regions, "ean", item.ean, digits, s)
+            box = _text_center(d, (s * 0.5, s * 0.12), f"MADE IN {item.country.upper()}", s // 14, (0, 0, 0))
+            _region(regions, "country", f"MADE IN {item.country.upper()}", box, s)
+    elif view == "label" and small_print > 0:
+        _small_sticker(d, item, view, s, small_print, regions)
     elif view == "label":
         d.rectangle([s * 0.05, s * 0.05, s * 0.95, s * 0.95], fill=(255, 255, 255), outline=colour,
                     width=max(2, s // 40))
-        lines = [item.brand.upper(), f"MODEL {item.model_number}", f"SIZE {item.size}", item.ean]
+        lines = [("brand", item.brand.upper()), ("model", f"MODEL {item.model_number}"),
+                 ("size", f"SIZE {item.size}"), ("ean", item.ean)]
         if item.certifications:
-            lines.append(" ".join(item.certifications))
-        for i, line in enumerate(lines):
-            _text_center(d, (s * 0.5, s * (0.14 + 0.13 * i)), line, s // 13, (0, 0, 0))
+            lines.append(("certifications", " ".join(item.certifications)))
+        for i, (kind, line) in enumerate(lines):
+            box = _text_center(d, (s * 0.5, s * (0.14 + 0.13 * i)), line, s // 13, (0, 0, 0))
+            _region(regions, kind, line, box, s)
         if item.warning:
             d.rectangle([s * 0.08, s * 0.8, s * 0.92, s * 0.92], fill=(250, 220, 40))
-            _text_center(d, (s * 0.5, s * 0.86), item.warning, s // 22, (0, 0, 0))
+            box = _text_center(d, (s * 0.5, s * 0.86), item.warning, s // 22, (0, 0, 0))
+            _region(regions, "warning", item.warning, box, s)
     elif view == "detail":
         # zoomed crop of the patterned body: pattern and colour fill the frame
         big = Image.new("RGB", (s, s), colour)

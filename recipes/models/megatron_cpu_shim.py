@@ -1,4 +1,6 @@
-"""The ONE place where megatron-core is taught to run without a GPU (tests, the CPU demo).
+"""The ONE place where the training engines are taught to run without a GPU (tests, the CPU demo): megatron-core
+(:func:`apply`) and NeMo AutoModel (:func:`apply_automodel`). The module keeps its historical name; both shims live
+here so there is one room to audit for CPU-only behaviour.
 
 megatron-core assumes CUDA in a handful of sites (listed for 0.19.2 below). On a machine
 without CUDA, :func:`apply` patches exactly these, and nothing else:
@@ -25,6 +27,20 @@ without CUDA, :func:`apply` patches exactly these, and nothing else:
 
 ``apply()`` is a no-op when CUDA is available, so a GPU run can never be altered by it, and it is idempotent.
 ``torch.cuda.is_available()`` keeps returning False, so code that asks gets the truth.
+
+NeMo AutoModel 0.7.0 (its VLM fine-tuning recipe on the FSDP2 path) has three CUDA-only call sites; on a machine
+without CUDA :func:`apply_automodel` patches exactly these (also a no-op with CUDA, idempotent):
+
+A. ``torch.cuda.reset_peak_memory_stats()`` (recipes/vlm/finetune.py ``setup`` and ``log_train_metrics``, every
+   step) raises without a CUDA context: a no-op when CUDA is absent (peak memory is reported as 0 GiB on CPU).
+B. ``_transformers/auto_model.py`` places the model on ``torch.cuda.current_device()`` (``_build_model``) and
+   ``torch.device("cuda", torch.cuda.current_device())`` (``from_pretrained`` / ``from_config``): that module's
+   global ``torch`` is replaced by a proxy whose ``cuda.current_device()`` and ``device("cuda", ...)`` mean the
+   CPU; every other attribute is the real torch. Nothing outside that module sees the proxy (so the megatron
+   shim's own ``torch.cuda.current_device`` patch cannot leak into it either).
+Everything else AutoModel does with CUDA on this path is guarded by ``torch.cuda.is_available()`` or returns
+harmless values (0 bytes of peak memory, empty CUDA RNG state lists). The run itself must pick CPU-capable options
+(gloo, MaskedCrossEntropy, no Liger/Triton kernels, no autocast), which recipes/automodel/translate.py does.
 """
 
 from __future__ import annotations
@@ -156,3 +172,49 @@ def apply() -> bool:
 
 def is_active() -> bool:
     return bool(_state["applied"])
+
+
+_am_state: dict[str, Any] = {"applied": False}
+
+
+class _CpuCuda:
+    """``torch.cuda`` as AutoModel's model builder sees it on a CPU-only machine."""
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(torch.cuda, name)
+
+    @staticmethod
+    def current_device() -> torch.device:
+        return torch.device("cpu")
+
+
+class _CpuTorch:
+    """``torch`` inside nemo_automodel._transformers.auto_model: CUDA placements mean the CPU (site B)."""
+
+    cuda = _CpuCuda()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(torch, name)
+
+    @staticmethod
+    def device(*args: Any, **kwargs: Any) -> torch.device:
+        if args and isinstance(args[0], str) and args[0].startswith("cuda"):
+            return torch.device("cpu")
+        return torch.device(*args, **kwargs)
+
+
+def apply_automodel() -> bool:
+    """Patch NeMo AutoModel's CUDA-only call sites for a CPU-only process (sites A and B above). Returns True when
+    active; a no-op with CUDA."""
+    if torch.cuda.is_available():
+        return False
+    with _lock:
+        if _am_state["applied"]:
+            return True
+        import nemo_automodel._transformers.auto_model as auto_model
+
+        torch.cuda.reset_peak_memory_stats = lambda *a, **k: None  # type: ignore[assignment]  # site A
+        auto_model.torch = _CpuTorch()  # site B
+        _am_state["applied"] = True
+        log.info("NeMo AutoModel CPU shim active (no CUDA device)")
+        return True
