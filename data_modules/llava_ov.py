@@ -30,7 +30,7 @@ Supported layouts (what each one is, and where it was read):
    (+ ``synthdog_en_images_{1,2}.tar.gz``), a LLaVA JSON list; read by ``read_records``.
 5. Any LLaVA ``.json`` / ``.jsonl`` file: ``read_records``.
 
-Sources: the HF dataset cards and file trees of the repositories above (docs corpus), LLaVA-NeXT
+Sources: the HF dataset cards and file trees of the repositories above, LLaVA-NeXT
 ``scripts/train/README.md``, ``scripts/train/mid_stage.yaml``, ``scripts/train/single_image.yaml`` and
 ``llava/train/train.py`` (``LazySupervisedDataset``: yaml ``datasets: [{json_path, sampling_strategy}]``, ``.json``
 lists or ``.jsonl``), and ``playground/upload_data.py`` at 0070d0a for how the parquet rows were produced.

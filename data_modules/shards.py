@@ -26,6 +26,9 @@ Folder layout (megatron-energon's ``CrudeWebdataset``; the training loader reads
     shard-000000.json       sidecar: samples, bytes, sha256, skips of this shard
     .nv-meta/               .info.json (samples per shard), split.yaml (train: every shard), dataset.yaml
     build.json, manifest.json
+
+One module on purpose (~450 lines): writing, fingerprinting and the manifest's accounting (selected =
+written + skipped, per source) must change together; reading and verifying folders is shard_folder.py.
 """
 
 from __future__ import annotations

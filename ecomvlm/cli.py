@@ -30,9 +30,11 @@ def _recipes(_args: argparse.Namespace) -> int:
     print("recipes (ecomvlm train NAME ...):")
     for p in sorted(conf.glob("*.yaml")):
         print(f"  {p.stem:<44} {p.read_text().splitlines()[0].lstrip('# ')[:80]}")
-    for group in ("model", "model/encoder", "model/decoder", "parallel", "precision", "recipe", "cluster"):
+    for group in ("model", "model/encoder", "model/decoder", "hf_model", "parallel", "precision", "recipe", "peft"):
         names = sorted(p.stem for p in (conf / group).glob("*.yaml"))
         print(f"{group} ({group}=NAME): {', '.join(names)}")
+    clusters = sorted(p.stem for p in (conf / "cluster").glob("*.yaml"))
+    print(f"clusters (ecomvlm launch RECIPE --cluster NAME): {', '.join(clusters)}")
     return 0
 
 

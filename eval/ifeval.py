@@ -32,6 +32,9 @@ API::
     constraint_problem(constraint) -> str | None                     # a malformed constraint, before use
     normalize_record(record) -> dict                                 # IFEval or ecomvlm format -> ecomvlm format
     load_ifeval(path) -> list[dict];  score_ifeval(records, predictions) -> metrics
+
+One module on purpose (~600 lines): IFEval's instruction registry is one table of checkers and their
+strict/loose variants; the generator (curation) and the benchmark must read the same table.
 """
 
 from __future__ import annotations

@@ -23,6 +23,9 @@ Jobs are CPU jobs: one task, the cluster's ``data_*`` settings (launcher/cluster
 ``data_gpus_per_node`` says so. Pre-emption and time limits: ``--signal=B:USR1@N`` warns the batch shell, which
 stops the stage (each finished record is already on disk) and requeues the job while ``SLURM_RESTART_COUNT`` is
 below ``max_requeues``; a crash is never requeued.
+
+One module on purpose (~470 lines): the stage graph of both data pipelines, the array script and the
+wait/report loop share one plan object; the SLURM primitives are launcher/slurm.py's.
 """
 
 from __future__ import annotations

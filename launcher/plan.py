@@ -117,10 +117,16 @@ def visible_path(path: str, cluster: ClusterConfig, workdir: str) -> Path | None
 
 
 def latest_step(run_dir: Path) -> int | None:
-    """Step of the newest finished checkpoint (as recipes/checkpointing.latest_checkpoint finds it)."""
+    """Steps done at the newest finished checkpoint, of either backend (megatron: checkpoints/step_*/meta.json as
+    recipes/checkpointing.latest_checkpoint finds it; AutoModel: recipes/automodel/rundir.py's layout)."""
+    from ecomvlm.recipes.automodel.rundir import latest_checkpoint
+
     steps = [int(p.name.split("_")[1]) for p in (run_dir / "checkpoints").glob("step_*")
              if p.is_dir() and not p.name.endswith(".tmp") and (p / "meta.json").is_file()
              and p.name.split("_")[1].isdigit()]
+    automodel = latest_checkpoint(run_dir)
+    if automodel is not None:
+        steps.append(automodel[0])
     return max(steps, default=None)
 
 
@@ -152,6 +158,10 @@ def compose_task(recipe: str, overrides: list[str], world_size: int):
         raise ValueError(f"data.global_batch_size={cfg.data.global_batch_size} is not a multiple of micro_batch_size "
                          f"x data-parallel size = {cfg.data.micro_batch_size} x {dp} (world {world_size}); change "
                          f"the batch size or --nodes")
+    if cfg.backend == "automodel":  # its own refusals too (PP, packing, FP8, TP vs the heads, ...), before queueing
+        from ecomvlm.recipes.automodel.translate import check_layout
+
+        check_layout(cfg, world_size)
     return cfg
 
 

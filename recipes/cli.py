@@ -144,6 +144,13 @@ def _print_plan(cfg, nproc: int) -> int:
 
     from ecomvlm.recipes.models.parallel import validate_parallel
 
+    if cfg.backend == "automodel":  # FSDP2 x TP x CP, memory estimate, the AutoModel-only refusals
+        from ecomvlm.recipes.vlm_train import plan
+
+        print(OmegaConf.to_yaml(OmegaConf.structured(cfg)), end="")
+        print(plan(cfg, nproc))
+        return 0
+
     d = cfg.model.decoder
     dp = validate_parallel(cfg.parallel, nproc, num_attention_heads=d.num_attention_heads,
                            num_query_groups=d.num_query_groups, num_layers=d.num_layers)

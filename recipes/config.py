@@ -83,11 +83,26 @@ class OptimConfig:
 
 
 @dataclass
+class WandbConfig:
+    """Weights & Biases beside TensorBoard (recipes/wandb_logging.py); the key from WANDB_API_KEY, never a file."""
+
+    enabled: bool = False
+    project: str = "ecomvlm"
+    entity: str | None = None
+    mode: str = "online"  # online | offline (<run.dir>/wandb, `wandb sync` later) | disabled
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("online", "offline", "disabled"):
+            raise ValueError(f"trainer.wandb.mode={self.mode!r}: choose online, offline or disabled")
+
+
+@dataclass
 class TrainerConfig:
     max_steps: int = 1000
     log_every: int = 10  # a progress line (loss, lr, tokens/s, ETA) on stdout and TensorBoard points
     save_every: int = 500  # checkpoint interval (also on the last step and on the pre-emption signal)
     distributed_optimizer: bool = False  # ZeRO-1: optimizer state and fp32 master weights sharded over DP
+    wandb: WandbConfig = field(default_factory=WandbConfig)
 
 
 @dataclass

@@ -255,12 +255,13 @@ class VLMTrainingModule(LightningModule):
     def _report(self, rec: dict[str, float]) -> None:
         """TensorBoard at the global step (continuous across resumes) and a progress line every log_every steps."""
         step = self.step
-        if self.logger:
+        if self.loggers:
             metrics = {f"train/{k}": v for k, v in rec.items()}
             if self.data_counts is not None:
                 metrics |= {f"data/{k.replace(':', '/')}": v for k, v in self.data_counts().items()
                             if not k.startswith("note:")}
-            self.logger.log_metrics(metrics, step=step)
+            for logger in self.loggers:  # TensorBoard, and W&B when trainer.wandb.enabled
+                logger.log_metrics(metrics, step=step)
         rank0 = not torch.distributed.is_initialized() or torch.distributed.get_rank() == 0
         if rank0 and (step % self.log_every == 0 or step == self.max_steps or len(self.history) == 1):
             done = len(self.history)

@@ -49,9 +49,11 @@ class VLMTrainingRecipe:
 
     # ---- setup -----------------------------------------------------------------------------------------
     def setup(self) -> "VLMTrainingRecipe":
+        from ecomvlm.recipes import wandb_logging
         from ecomvlm.recipes.models.parallel import init_distributed
 
         c = self.cfg
+        wandb_logging.check(c.trainer.wandb)
         self.info = init_distributed(c.parallel, seed=c.run.seed)
         self.rank0 = self.info["rank"] == 0
         self.run_dir = Path(c.run.dir)
@@ -231,7 +233,13 @@ class VLMTrainingRecipe:
                 if recipe.resume_meta is not None:
                     recipe.restore_training_state()
 
-        logger = TensorBoardLogger(save_dir=str(self.run_dir), name="tb", version="") if self.rank0 else False
+        logger: list | bool = False
+        if self.rank0:
+            logger = [TensorBoardLogger(save_dir=str(self.run_dir), name="tb", version="")]
+            if t.wandb.enabled:
+                from ecomvlm.recipes import wandb_logging
+
+                logger.append(wandb_logging.lightning_logger(t.wandb, self.run_dir, c.run.name, as_dict(c)))
         # under SLURM, Lightning would requeue the job itself on SIGUSR1 (from every rank: each thinks it is rank 0
         # on a single-device strategy) and swallow SIGTERM; the CheckpointCallback handles both signals instead
         plugins = [SLURMEnvironment(auto_requeue=False)] if SLURMEnvironment.detect() else []
@@ -247,6 +255,9 @@ class VLMTrainingRecipe:
             trainer.fit(self.module, train_dataloaders=loader)
         finally:
             self.checkpointer.restore_signals()
+            for lg in logger or []:
+                if type(lg).__name__ == "WandbLogger":  # Lightning leaves the W&B run open; a resume must start anew
+                    lg.experiment.finish()
         return self.summary()
 
     def summary(self) -> dict[str, Any]:

@@ -57,6 +57,7 @@ def test_header_commands_dry_run_with_the_published_layout(recipe, tmp_path, cap
         assert main(argv) == 0, capsys.readouterr().err
         out = capsys.readouterr().out
         assert "nothing trained" in out and "backend: automodel" in out
+        assert "# automodel backend:" in out and "FSDP2 data-parallel" in out  # the AutoModel plan, not megatron's
     _, nproc, fsdp, tp = RECIPES[recipe]
     cfg = _load(recipe, tmp_path)
     text = plan(cfg, nproc)
@@ -138,3 +139,24 @@ def test_launch_renders_the_two_node_27b_job(tmp_path, capsys, monkeypatch):
     out = capsys.readouterr().out
     assert "srun" in out and "-m ecomvlm.recipes.vlm_train --config-name gemma3_27b_item_intel_ft" in out
     assert "#SBATCH --nodes=2" in out or "--nodes=2" in out
+
+
+def test_launch_sees_automodel_checkpoints_of_a_finished_run(tmp_path, capsys, monkeypatch):
+    """The launcher's finished-run and --resume checks read the AutoModel run dir layout (epoch_E_step_S)."""
+    from ecomvlm.launcher.plan import latest_step
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "hf").mkdir()
+    (tmp_path / "shards").mkdir()
+    args = ["launch", "gemma3_4b_item_intel_ft", "--cluster", "h100_8x", "--dry-run", "--",
+            f"model.hf_path={tmp_path / 'hf'}", f"data.shards={tmp_path / 'shards'}", "trainer.max_steps=10"]
+    assert main(args) == 0
+    assert "run.dir=runs/gemma3_4b_item_intel_ft" in capsys.readouterr().out
+    run_dir = tmp_path / "runs" / "gemma3_4b_item_intel_ft"
+    step_dir = run_dir / "checkpoints" / "epoch_0_step_9"  # AutoModel counts from 0: 10 steps done
+    step_dir.mkdir(parents=True)
+    assert latest_step(run_dir) is None  # no step_scheduler.pt: an unfinished save
+    (step_dir / "step_scheduler.pt").write_bytes(b"")
+    assert latest_step(run_dir) == 10
+    assert main(args) != 0
+    assert "holds a finished run (step 10 of trainer.max_steps=10)" in capsys.readouterr().err

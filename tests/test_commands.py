@@ -101,8 +101,9 @@ def test_every_help_example_runs(tmp_path, capsys):
 def test_recipes_lists_recipes_models_and_clusters(capsys):
     assert main(["recipes"]) == 0
     out = capsys.readouterr().out
-    assert "siglip2_qwen3_8b_stage3_sft" in out and "cluster (cluster=NAME): h100_8x, local" in out
-    assert "siglip_gemma3_4b" in out and "tiny_qwen3" in out
+    assert "siglip2_qwen3_8b_stage3_sft" in out and "gemma3_27b_item_intel_ft" in out
+    assert "clusters (ecomvlm launch RECIPE --cluster NAME): h100_8x, local" in out
+    assert "siglip_gemma3_4b" in out and "tiny_qwen3" in out and "hf_model (hf_model=NAME)" in out
 
 
 def test_version(capsys):

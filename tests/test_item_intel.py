@@ -291,3 +291,14 @@ def test_dedup_threshold_zero_keeps_recompressed_copies(small_print):
     assert len(kept) == 2
     with pytest.raises(ValueError, match="phash threshold"):
         DedupSettings(threshold=65)
+
+
+def test_crop_size_for_reads_composed_and_complete_model_configs():
+    """`--crop-size-for` (README, docs/ITEM_INTEL.md): Gemma3's published 896 square, a composed config's SigLIP
+    side; native-resolution processors have no square and say so."""
+    from ecomvlm.data_modules.item_intel.cli import encoder_square
+
+    assert encoder_square("gemma3_4b") == 896 and encoder_square("gemma3_27b") == 896
+    assert encoder_square("tiny_siglip_qwen3") == 64
+    with pytest.raises(ValueError, match="qwen2_5_vl_7b.*--crop-size"):
+        encoder_square("qwen2_5_vl_7b")

@@ -223,6 +223,25 @@ def test_family_options_we_do_not_build_are_refused(tiny_hf_configs, family, opt
         convert(hf)
 
 
+@pytest.mark.parametrize("family, rope", [("llama", {"rope_type": "yarn", "factor": 4.0, "rope_theta": 5e5}),
+                                          ("qwen3", {"rope_type": "dynamic", "factor": 2.0, "rope_theta": 1e6})])
+def test_rope_types_we_do_not_build_are_refused(tiny_hf_configs, family, rope):
+    hf = tiny_hf_configs[family].__class__(**{**tiny_hf_configs[family].to_dict(), "rope_parameters": rope})
+    with pytest.raises(ValueError, match=f"RoPE type '{rope['rope_type']}' is not supported"):
+        decoder_config_from_hf(hf)
+
+
+@pytest.mark.parametrize("option, value", [("hidden_act", "gelu"), ("in_channels", 4)])
+def test_qwen2_5_vit_options_we_do_not_build_are_refused(option, value):
+    from transformers.models.qwen2_5_vl.configuration_qwen2_5_vl import Qwen2_5_VLVisionConfig
+
+    from ecomvlm.recipes.models.encoders.qwen2_5_vit import Qwen25ViTConfig
+
+    Qwen25ViTConfig.from_hf(Qwen2_5_VLVisionConfig(depth=2))  # the published options import
+    with pytest.raises(ValueError, match=option):
+        Qwen25ViTConfig.from_hf(Qwen2_5_VLVisionConfig(depth=2, **{option: value}))
+
+
 def test_import_errors_name_the_input(tmp_path, tiny_hf_configs):
     with pytest.raises(FileNotFoundError, match="does not exist"):
         read_hf_state_dict(tmp_path / "nope")

@@ -37,6 +37,21 @@ def test_stage3_loss_curve_is_pinned(megatron_single, tiny_train_inputs, tmp_pat
     assert s["losses"] == pytest.approx(GOLDEN_STAGE3, abs=1e-4)
     assert s["engine"]["param_dtype"] == "torch.float32" and s["engine"]["master_param_dtype"] == "torch.float32"
     assert (tmp_path / "g" / "tb").is_dir() and s["final_checkpoint"].endswith("step_00000010")
+    # the run summary accounts for every sample of each epoch: input = trained + skipped (by reason) + pending
+    (rank,) = s["data"]["per_rank"]
+    assert rank["epochs"] and rank["totals"]["trained"] > 0
+    for e in rank["epochs"]:
+        assert e["input"] == e["trained"] + sum(e["skipped"].values()) + e["pending"]
+        assert e["input"] == rank["samples"][1] - rank["samples"][0]
+    assert rank["totals"]["trained"] == sum(e["trained"] for e in rank["epochs"])
+    # ... and TensorBoard has the same counts at the global steps, beside the loss
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    tb = EventAccumulator(str(tmp_path / "g" / "tb")).Reload()
+    tags = set(tb.Tags()["scalars"])
+    assert {"train/loss", "data/trained"} <= tags
+    assert [e.step for e in tb.Scalars("train/loss")] == list(range(1, 11))
+    assert tb.Scalars("data/trained")[-1].value == rank["totals"]["trained"]
 
 
 def test_stage1_trains_only_the_projector(megatron_single, tiny_train_inputs, tmp_path):
@@ -234,3 +249,40 @@ def test_preemption_signal_saves_then_resume_continues_the_pinned_curve(tiny_tra
     second = json.loads((tmp_path / "r" / "summary.json").read_text())
     assert second["start_step"] == int(saved[0][5:]) and not second["preempted"]
     assert first["losses"] + second["losses"] == pytest.approx(GOLDEN_STAGE3, abs=1e-4)
+
+
+def test_wandb_logs_the_same_steps_as_tensorboard_and_resumes_one_run(megatron_single, tiny_train_inputs, tmp_path,
+                                                                       monkeypatch):
+    """trainer.wandb (offline mode: no network): one W&B run per run dir, its id stable across a resume, the global
+    steps and losses of the recipe's history; a bad mode is refused at composition."""
+    pytest.importorskip("wandb")
+    from lightning.pytorch.loggers import WandbLogger
+
+    from ecomvlm.recipes import wandb_logging
+    from ecomvlm.recipes.config import load
+    from ecomvlm.recipes.vlm_train import run
+
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    logged: list[tuple[int, float]] = []  # what reached W&B's logger (offline runs keep it in a binary file)
+    original = WandbLogger.log_metrics
+
+    def spy(self, metrics, step=None):
+        logged.append((step, metrics["train/loss"]))
+        return original(self, metrics, step)
+
+    monkeypatch.setattr(WandbLogger, "log_metrics", spy)
+    run_dir = tmp_path / "w"
+    over = ["trainer.wandb.enabled=true", "trainer.wandb.mode=offline", "trainer.save_every=2"]
+    first = run(load("tiny_siglip_qwen3_stage3_sft", _overrides(tiny_train_inputs, run_dir, "trainer.max_steps=2",
+                                                                *over)))
+    again = run(load("tiny_siglip_qwen3_stage3_sft", _overrides(tiny_train_inputs, run_dir, "trainer.max_steps=3",
+                                                                *over)))
+    assert again["start_step"] == 2 and len(again["losses"]) == 1
+    runs = sorted((run_dir / "wandb").glob("offline-run-*"))
+    rid = wandb_logging.run_id(run_dir)
+    assert len(runs) == 2 and all(p.name.endswith(rid) for p in runs)  # the resume continued the same W&B run
+    assert all(list(p.glob("run-*.wandb")) for p in runs)
+    assert logged == [(1, pytest.approx(first["losses"][0])), (2, pytest.approx(first["losses"][1])),
+                      (3, pytest.approx(again["losses"][0]))]  # global steps, continuous across the resume
+    with pytest.raises(Exception, match="trainer.wandb.mode='cloud'"):
+        load("tiny_siglip_qwen3_stage3_sft", _overrides(tiny_train_inputs, tmp_path / "x", "trainer.wandb.mode=cloud"))

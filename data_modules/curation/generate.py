@@ -18,6 +18,9 @@ they form the IFEval-style benchmark (``eval/ifeval.py``), never training data.
 Targets are built from the *verified* aspects only (never from unverified seller claims), and every target whose
 prompt states constraints is checked with :mod:`ecomvlm.eval.ifeval` before it is written; a target that fails is
 rebuilt with another draw, and after ``MAX_DRAWS`` it is dropped as ``failed:constraint_unsatisfied``.
+
+One module on purpose (~440 lines): the four families' templates and their share bookkeeping are one
+table; the constraint checks they call live in eval/ifeval.py.
 """
 
 from __future__ import annotations

@@ -23,6 +23,9 @@ its share of the partitions), chained with ``--dependency=afterok`` (docs/CURATI
 Digests: a partition's digest hashes its input records and the stage's settings (prompt name + version + sha256,
 model names, rules), never the operational ones (URLs, concurrency, timeouts, the API key's variable: a
 :class:`~ecomvlm.data_modules.curation.endpoints.Runtime`), so moving an endpoint re-does nothing.
+
+One module on purpose (~600 lines): the stage graph, its digests and the report read the same on-disk layout;
+split, each part would re-state that layout.
 """
 
 from __future__ import annotations
@@ -286,13 +289,18 @@ def split_caption(text: str) -> tuple[str, str]:
     return "\n".join(lines).strip(), visible
 
 
-def caption_process(records: list[dict[str, Any]], settings: dict[str, Any]) -> Iterator[Fate]:
-    rt, counters = settings["runtime"], settings["_counters"]
+def _endpoint_stage(settings: dict[str, Any]) -> tuple[dict[str, Any], Any, Any, EndpointSpec, ResponseCache]:
+    """(runtime, counters, prompt, endpoint, cache) of a model-calling stage; the prompt file must be the one whose
+    sha256 the stage's digest holds."""
+    rt = settings["runtime"]
     prompt = load_prompt(rt["prompt_path"])
     if prompt.sha256 != settings["prompt"]["sha256"]:
         raise RuntimeError(f"prompt file {prompt.path} changed while the stage ran; run it again")
-    spec = EndpointSpec(**rt["endpoint"])
-    cache = ResponseCache(rt["cache_dir"])
+    return rt, settings["_counters"], prompt, EndpointSpec(**rt["endpoint"]), ResponseCache(rt["cache_dir"])
+
+
+def caption_process(records: list[dict[str, Any]], settings: dict[str, Any]) -> Iterator[Fate]:
+    rt, counters, prompt, spec, cache = _endpoint_stage(settings)
     max_side = settings["max_image_side"]
 
     async def work(backends, rec: dict[str, Any]) -> Fate:
@@ -373,12 +381,7 @@ def verdict_problem(value: Any, names: list[str]) -> str | None:
 
 
 def verify_process(records: list[dict[str, Any]], settings: dict[str, Any]) -> Iterator[Fate]:
-    rt, counters = settings["runtime"], settings["_counters"]
-    prompt = load_prompt(rt["prompt_path"])
-    if prompt.sha256 != settings["prompt"]["sha256"]:
-        raise RuntimeError(f"prompt file {prompt.path} changed while the stage ran; run it again")
-    spec = EndpointSpec(**rt["endpoint"])
-    cache = ResponseCache(rt["cache_dir"])
+    rt, counters, prompt, spec, cache = _endpoint_stage(settings)
 
     async def work(backends, rec: dict[str, Any]) -> Fate:
         lid = rec["id"]

@@ -145,7 +145,19 @@ def config_from_args(a: argparse.Namespace):
 
 
 def encoder_square(model: str) -> int:
-    """The square input side of a model config's encoder (fixed-size encoders; Gemma3/SigLIP)."""
+    """The square input side of a model's encoder: a composed model config (conf/model/<model>.yaml, fixed-size
+    SigLIP encoders) or a complete VLM (conf/hf_model/<model>.yaml with a fixed processor size, e.g. Gemma3's 896)."""
+    import importlib.resources as res
+
+    import yaml
+
+    hf_model = Path(str(res.files("ecomvlm.conf"))) / "hf_model" / f"{model}.yaml"
+    if hf_model.is_file():
+        size = ((yaml.safe_load(hf_model.read_text()).get("processor") or {}).get("published") or {}).get("size", {})
+        if size.get("height") and size.get("height") == size.get("width"):
+            return int(size["height"])
+        raise ValueError(f"--crop-size-for {model}: conf/hf_model/{model}.yaml publishes no square input size "
+                         f"(native-resolution processors take any size); give --crop-size")
     from ecomvlm.recipes.config import model_config
 
     spec = model_config([f"model={model}"]).encoder.image_spec()

@@ -124,6 +124,7 @@ def build_demo_sets(workdir: Path, data_dir: Path | None = None, *, items: int =
 
         {"data": eval --data folder (eval/item_intel.jsonl of the small-print items),
          "shards": {"first": folder name under <workdir>/shards, "better": ...},
+         "llava_json": {"first": the LLaVA JSON of the first-label set, "better": ...},
          "shard_paths": {"first": path, "better": path},
          "eval_boxes": boxes file for --item-intel-boxes / evaluate(item_intel_boxes=...),
          "crop_size": the crops' square side (evaluate(crop=CropSettings(crop_size=...))),
@@ -157,4 +158,5 @@ def build_demo_sets(workdir: Path, data_dir: Path | None = None, *, items: int =
                "seconds": round(time.perf_counter() - t0, 1)}
     return {"data": str(data), "shards": {"first": names[0], "better": names[1]},
             "shard_paths": {"first": out["sets"][names[0]]["shards"], "better": out["sets"][names[1]]["shards"]},
+            "llava_json": {k: out["sets"][n]["llava_json"] for k, n in zip(("first", "better"), names)},
             "eval_boxes": out.get("eval_boxes"), "crop_size": crop_size, "summary": summary}

@@ -16,6 +16,9 @@ a SLURM array task can take its partitions through every stage without waiting f
 ``annotate`` and ``ground`` both need only ``ingest``; ``crops`` needs ``ground``; ``reannotate`` needs ``crops``.
 An item an earlier stage did not write is ``dropped:upstream`` downstream (its reason is counted where it
 happened), so for each training set: input items = trained + skipped by (stage, reason).
+
+One module on purpose (~420 lines): the stage order, resume checks and the build's accounting read the
+same work layout; the stages themselves are stages.py.
 """
 
 from __future__ import annotations

@@ -10,6 +10,9 @@ Model-calling stages run an asyncio loop in a thread (``AsyncChatClient``: bound
 malformed JSON fed back) and yield each item's fate as soon as it is known, so StageRun appends it to the
 partition's partial file at once (a kill -9 loses only the calls in flight; their answers are often in the cache
 already). One item never stops a run: every exception inside an item becomes ``failed:internal_error``.
+
+One module on purpose (~440 lines): the five stages share the per-item fate vocabulary and the digest
+rule above; the geometry is boxes.py's, dedup dedup.py's, the endpoint client eval/openai_client.py's.
 """
 
 from __future__ import annotations

@@ -23,6 +23,9 @@ sample is checked to hold one header per assistant turn.
 
 Gemma3 pan & scan (``processor_kwargs`` ``do_pan_and_scan``) adds crops per image; :attr:`Encoded.extra_crops`
 records how many each image got (the image processor's own crop rule on the image's size).
+
+One module on purpose (~430 lines): the per-family input builders (HF processor vs remote-code chat())
+share the loss-mask rule above and one Encoded type; splitting them would split that rule.
 """
 
 from __future__ import annotations

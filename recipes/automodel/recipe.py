@@ -86,6 +86,9 @@ class AutoModelRecipe:
 
     # ---- setup -----------------------------------------------------------------------------------------
     def setup(self) -> "AutoModelRecipe":
+        from ecomvlm.recipes import wandb_logging
+
+        wandb_logging.check(self.cfg.trainer.wandb)
         self.setup_distributed()
         self.setup_run_dir()
         self.setup_inputs()
@@ -210,11 +213,16 @@ class AutoModelRecipe:
         if context_id is not None:  # InternVL-style remote code fills these tokens with image features
             for part in self.engine.model_parts:
                 part.img_context_token_id = context_id
-        self.tb = None
+        self.tb = self.wandb = None
         if self.rank0:
             from torch.utils.tensorboard import SummaryWriter
 
             self.tb = SummaryWriter(str(self.run_dir / "tb"), purge_step=self.start_step + 1)
+            if c.trainer.wandb.enabled:
+                from ecomvlm.recipes import wandb_logging
+                from ecomvlm.recipes.config import as_dict
+
+                self.wandb = wandb_logging.DirectRun(c.trainer.wandb, self.run_dir, c.run.name, as_dict(c))
             history = self.run_dir / "history.jsonl"
             if history.is_file():  # steps a killed run did after its last checkpoint are done again: drop them
                 kept = [line for line in history.read_text().splitlines()
@@ -256,6 +264,9 @@ class AutoModelRecipe:
         if self.tb is not None:
             for k in ("loss", "lr", "grad_norm", "tokens_per_s", "images", "extra_crops"):
                 self.tb.add_scalar(f"train/{k}", row[k], step)
+            if self.wandb is not None:
+                self.wandb.log({f"train/{k}": row[k] for k in ("loss", "lr", "grad_norm", "tokens_per_s", "images",
+                                                               "extra_crops")}, step)
             self.history_file.write(json.dumps(row) + "\n")
             self.history_file.flush()
             if step % max(1, self.cfg.trainer.log_every) == 0:
@@ -270,6 +281,8 @@ class AutoModelRecipe:
         finally:
             if self.tb is not None:
                 self.tb.close()
+            if self.wandb is not None:
+                self.wandb.close()
                 self.history_file.close()
         return self.finish()
 

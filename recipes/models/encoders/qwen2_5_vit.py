@@ -78,7 +78,11 @@ class Qwen25ViTConfig(EncoderConfig):
 
     @classmethod
     def from_hf(cls, hf, feature_layer: int = -1) -> "Qwen25ViTConfig":
+        from ecomvlm.recipes.models.decoders.gpt import refuse_unsupported
+
         hf = getattr(hf, "vision_config", hf)
+        # the tower is HF's own module, rebuilt from the fields below: anything else must be the published value
+        refuse_unsupported(hf, "qwen2_5_vl vision config", hidden_act="silu", in_channels=3, in_chans=3)
         return cls(num_layers=hf.depth, hidden_size=hf.hidden_size, ffn_hidden_size=hf.intermediate_size,
                    num_attention_heads=hf.num_heads, patch_size=hf.patch_size,
                    spatial_merge_size=hf.spatial_merge_size, temporal_patch_size=hf.temporal_patch_size,
