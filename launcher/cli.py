@@ -15,9 +15,11 @@ EXAMPLES = """examples:
   ecomvlm launch tiny_siglip_qwen3_stage3_sft --cluster local -m -- tokenizer.path=TOKENIZER_DIR \\
       data.shards=SHARDS_DIR 'optim.lr=1e-4,3e-4' 'optim.betas=[0.9,0.95],[0.9,0.999]'
   # the data pipelines as SLURM arrays (docs/LAUNCHING_DATA.md): 32 tasks per model-calling stage, chained
-  ecomvlm launch data curate --cluster h100_8x --array 32 -- run raw/listings.jsonl --work /shared/cur \\
+  ecomvlm launch data curate --cluster h100_8x --array 32 -- run LISTINGS_PATH --work WORK_DIR \\
       --captioner-url http://vlm:8000/v1 --captioner-model M1 --verifier-url http://llm:8000/v1 --verifier-model M2
-  ecomvlm launch data item-intel --cluster h100_8x --array 32 -- all --items items.jsonl --work /shared/ii ...
+  ecomvlm launch data item-intel --cluster h100_8x --array 32 -- all --items ITEMS_PATH --work WORK_DIR \\
+      --teacher-url http://teacher:8000/v1 --teacher-model M3 --grounder-url http://vlm:8000/v1 \\
+      --grounder-model M4 --box-coords resized_pixels --crop-size-for gemma3_4b
   # --executor nemo-run submits the same checked job through NeMo-Run's SlurmExecutor (its own venv:
   # make nemo-run-env); --executor nemo-run-local runs it here with NeMo-Run's LocalExecutor
 """

@@ -48,6 +48,22 @@ def _content_parts(body: dict[str, Any]) -> tuple[str, list[bytes]]:
     return "\n".join(text), images
 
 
+def send_chat_completion(handler, status: int, content: str | None, usage: dict[str, int]) -> None:
+    """Answer an OpenAI chat-completions request from a BaseHTTPRequestHandler: the message (status 200) or an
+    error body; a client that already gave up (its timeout) gets nothing."""
+    payload = ({"choices": [{"message": {"role": "assistant", "content": content}}], "usage": usage}
+               if status == 200 else {"error": content})
+    data = json.dumps(payload).encode()
+    try:
+        handler.send_response(status)
+        handler.send_header("Content-Type", "application/json")
+        handler.send_header("Content-Length", str(len(data)))
+        handler.end_headers()
+        handler.wfile.write(data)
+    except (BrokenPipeError, ConnectionResetError):
+        pass
+
+
 class ScriptedEndpoints:
     """``respond(body) -> (status, content, delay_s)``: the conftest ``function_endpoint`` contract."""
 
@@ -119,17 +135,7 @@ class _Handler(BaseHTTPRequestHandler):
         status, content, delay = self.endpoints.respond(body)
         if delay:
             time.sleep(delay)
-        payload = ({"choices": [{"message": {"role": "assistant", "content": content}}],
-                    "usage": {"prompt_tokens": 10, "completion_tokens": 5}} if status == 200 else {"error": content})
-        data = json.dumps(payload).encode()
-        try:
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-        except (BrokenPipeError, ConnectionResetError):  # the client gave up (its timeout): nothing to answer
-            pass
+        send_chat_completion(self, status, content, {"prompt_tokens": 10, "completion_tokens": 5})
 
     def log_message(self, *a):
         pass

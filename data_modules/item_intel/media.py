@@ -56,21 +56,10 @@ def load_rgb(path: str | Path) -> Image.Image:
 
 
 def rgb_of(im: Image.Image) -> Image.Image:
-    """8-bit RGB as a viewer shows it (transparency on white). Rare modes (16-bit, float) go through
-    data_modules/preprocess.py's to_rgb (which imports torch, so only then)."""
-    if im.mode == "RGB":
-        return im
-    if im.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
-        from ecomvlm.data_modules.preprocess import to_rgb
+    """8-bit RGB as a viewer shows it (transparency on white, 16-bit scaled): data_modules/images.py."""
+    from ecomvlm.data_modules.images import to_rgb
 
-        return to_rgb(im)
-    if im.mode == "P" and "transparency" in im.info:
-        im = im.convert("RGBA")
-    if im.mode in ("RGBA", "LA", "PA", "La", "RGBa"):
-        im = im.convert("RGBA")
-        white = Image.new("RGBA", im.size, (255, 255, 255, 255))
-        return Image.alpha_composite(white, im).convert("RGB")
-    return im.convert("RGB")
+    return to_rgb(im)
 
 
 def data_url(path: str | Path, max_side: int | None = None) -> tuple[str, int, int, int]:

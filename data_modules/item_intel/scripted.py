@@ -33,6 +33,7 @@ from typing import Any, Callable, Iterator
 
 from PIL import Image
 
+from ecomvlm.data_modules.curation.scripted import send_chat_completion
 from ecomvlm.data_modules.item_intel.media import decode_data_url
 
 CROP_RE = re.compile(r"crop of image (\d+), box \[(-?\d+), (-?\d+), (-?\d+), (-?\d+)\]")
@@ -313,18 +314,8 @@ def serve(respond: Callable[[dict[str, Any]], tuple]) -> Iterator[str]:
             if delay:
                 time.sleep(delay)
             prompt_chars = sum(len(json.dumps(m.get("content"))) for m in body.get("messages", []))
-            payload = ({"choices": [{"message": {"role": "assistant", "content": content}}],
-                        "usage": {"prompt_tokens": prompt_chars // 4, "completion_tokens": len(content or "") // 4}}
-                       if status == 200 else {"error": content})
-            data = json.dumps(payload).encode()
-            try:
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-            except (BrokenPipeError, ConnectionResetError):  # the client gave up (its timeout)
-                pass
+            send_chat_completion(self, status, content, {"prompt_tokens": prompt_chars // 4,
+                                                         "completion_tokens": len(content or "") // 4})
 
         def log_message(self, *a):
             pass
