@@ -95,6 +95,35 @@ def test_every_decoder_config_builds_at_full_depth(megatron_single, name):
     assert dec.to_hf().num_hidden_layers == dec.num_layers
 
 
+PAPER_MODELS = [m for m in MODELS if not m.startswith("tiny_")]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", PAPER_MODELS)
+def test_every_paper_row_runs_a_real_size_image_through_one_layer_of_each_tower(megatron_single, name):
+    """Real widths, heads, vocab and image mode (AnyRes tiles for the SigLIP rows, native resolution for
+    Qwen2.5-ViT); one layer per tower so it fits a CPU: a 640x480 photo -> encoder -> projector -> decoder logits."""
+    from PIL import Image
+
+    from ecomvlm.recipes.models.vlm import build_vlm
+
+    cfg = resolve(model_config([f"model={name}"]), image_token_id=5)
+    dec = dataclasses.replace(cfg.decoder, num_layers=1,
+                              **({"sliding_layers": None} if hasattr(cfg.decoder, "sliding_layers") else {}))
+    cfg = dataclasses.replace(cfg, encoder=_one_layer(cfg.encoder), decoder=dec)
+    torch.manual_seed(0)
+    model = build_vlm(cfg, ParallelConfig()).eval()
+    batch = cfg.encoder.image_spec().process([Image.new("RGB", (640, 480), (120, 30, 200))])
+    n_image = int(batch["tokens"][0])
+    ids = torch.tensor([[1, 2, 3, *([5] * n_image), 6, 7, 8]])
+    extra = {k: batch[k] for k in ("image_grid_thw", "image_sizes", "image_tiles") if batch.get(k) is not None}
+    with torch.no_grad():
+        logits = model(ids, pixel_values=batch["pixel_values"], **extra)
+    assert logits.shape[-1] >= cfg.decoder.vocab_size and logits.shape[-2] == ids.shape[1]
+    assert torch.isfinite(logits).all()
+    del model
+
+
 def test_paper_row_parallel_layouts_compose():
     for name in ("siglip2_qwen3_8b_stage3_sft", "siglip_gemma3_4b_stage3_sft", "qwen2_5_vit_e_llama3_1_8b_stage3_sft"):
         cfg = compose(name, ["tokenizer.path=x", "data.shards=y"])
