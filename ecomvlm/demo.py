@@ -2,19 +2,15 @@
 
 Phases (each timed; the table is printed at the end and stored in ``demo_result.json``):
 
-  1. data: synthetic e-commerce products (pictures with visible colour, category, brand, EAN, warnings) + LLaVA
-     JSON; visual-verification curation of synthetic raw listings (scripted captioner / verifier on loopback) into
-     the four-family instruction set; the item-intelligence pipeline (scripted teacher and grounder) on items
-     whose small print only a crop can show -> first labels on originals, better labels on originals + crops
+  1. synthesise e-commerce products (pictures with visible colour, category, brand, EAN, warnings) + LLaVA JSON
   2. a tiny ChatML tokenizer; shards for each stage (`ecomvlm data shards` underneath)
   3. the untrained tiny SigLIP x Qwen3-style model exported to HF and asked held-out colour / category questions
   4. the three LLaVA-OneVision stages with the real recipe (Lightning + megatron-core, megatron distributed
-     checkpoints, each stage from the previous one; stage 3 on the hand-made + curated instructions), then
-     item-intelligence fine-tuning from stage 3 twice: first labels on originals, better labels on originals + crops
-  5. a tiny Gemma3-style complete VLM fine-tuned on the first-label set through the NeMo AutoModel backend
-  6. export (`ecomvlm export`), the same questions again, and `ecomvlm eval`: Table 1 (e-commerce sets), the
-     curated instruction-following set (IFEval-style) and Table 3 (item intelligence, rule judge; all images, and
-     all images + crops for the better-label model)
+     checkpoints, each stage from the previous stage's checkpoint), then item-intelligence fine-tuning from stage 3
+  5. a tiny Gemma3-style complete VLM fine-tuned on the same item-intelligence shards through the NeMo AutoModel
+     backend (the recipe of Table 3's Gemma3 rows, `gemma3_4b_item_intel_ft`)
+  6. export (`ecomvlm export`), the same questions again, and `ecomvlm eval`: Table 1 (e-commerce sets) and Table 3
+     (item intelligence, rule judge) on held-out items, the composed and the complete VLM side by side
 
 Everything runs in this one process (one import of torch / megatron / transformers, one tokenizer, shards made
 once). Tiny models start from random weights (no pretrained backbones can be downloaded), so the stages use a
@@ -43,38 +39,26 @@ console = Console(width=None if sys.stdout.isatty() else 120)  # logs and pipes:
 class DemoSize:
     items: int
     eval_items: int
-    curated: int  # synthetic raw listings through the curation pipeline (+ curated_eval held out for IFEval)
-    curated_eval: int
-    item_intel_items: int  # small-print items through the item-intelligence pipeline (+ item_intel_eval held out)
-    item_intel_eval: int
     steps: dict[str, int]  # per training run
     eval_limit: int  # records per Table-1 / Table-3 set
     eval_tokens: int
 
 
-FULL = DemoSize(items=800, eval_items=100, curated=240, curated_eval=40, item_intel_items=300, item_intel_eval=40,
-                eval_limit=40, eval_tokens=48,
-                steps={"stage1_alignment": 60, "stage2_mid": 120, "stage3_sft": 600, "item_intel_first": 150,
-                       "item_intel_better": 150, "full_vlm": 60})
-QUICK = DemoSize(items=80, eval_items=20, curated=24, curated_eval=6, item_intel_items=24, item_intel_eval=6,
-                 eval_limit=6, eval_tokens=12,
-                 steps={"stage1_alignment": 6, "stage2_mid": 6, "stage3_sft": 12, "item_intel_first": 4,
-                        "item_intel_better": 4, "full_vlm": 3})
-# run name -> (recipe, shard folder, the run it starts from)
-RUNS = [("stage1_alignment", "stage1_alignment", "stage1", None),
-        ("stage2_mid", "stage2_mid", "stage2", "stage1_alignment"),
-        ("stage3_sft", "stage3_sft", "stage3", "stage2_mid"),
-        ("item_intel_first", "item_intel_ft", "item_intel_first", "stage3_sft"),
-        ("item_intel_better", "item_intel_ft", "item_intel_better", "stage3_sft")]
-SOURCES = {"stage1": ["stage1_captions"], "stage2": ["stage2_recap_ocr"], "stage3": ["stage3_instruct"]}
-# data.num_workers=0: the 64-px images decode in microseconds, and loader workers cost start-up + shutdown per stage
-COMMON = ["model.encoder.image_size=64", "data.max_seq_length=512", "data.micro_batch_size=2",
+FULL = DemoSize(items=800, eval_items=100, eval_limit=40, eval_tokens=48,
+                steps={"stage1_alignment": 60, "stage2_mid": 120, "stage3_sft": 600, "item_intel_ft": 150,
+                       "full_vlm": 60})
+QUICK = DemoSize(items=80, eval_items=20, eval_limit=6, eval_tokens=12,
+                 steps={"stage1_alignment": 6, "stage2_mid": 6, "stage3_sft": 12, "item_intel_ft": 4, "full_vlm": 3})
+# run name = recipe -> (shard folder, the run it starts from)
+RUNS = [("stage1_alignment", "stage1", None), ("stage2_mid", "stage2", "stage1_alignment"),
+        ("stage3_sft", "stage3", "stage2_mid"), ("item_intel_ft", "item_intel", "stage3_sft")]
+SOURCES = {"stage1": "stage1_captions", "stage2": "stage2_recap_ocr", "stage3": "stage3_instruct",
+           "item_intel": "item_intel_train"}
+# data.num_workers=0: the 64-px images decode in microseconds, and loader workers cost start-up + shutdown per stage;
+# the whole global batch in one micro-batch: the same samples per step, fewer and larger matrix products on a CPU
+COMMON = ["model.encoder.image_size=64", "data.max_seq_length=512", "data.micro_batch_size=8",
           "data.global_batch_size=8", "data.num_workers=0", "optim.lr=3e-3", "optim.min_lr=3e-4",
           "optim.vision_lr_mult=1.0", "trainer.log_every=20"]
-# originals + crops: up to 5 images of 64 tokens and a JSON answer (the longest better-label sample: ~550 tokens)
-ITEM_INTEL_RUN = ["data.max_seq_length=640"]
-IFEVAL_METRICS = ("prompt_level_strict_acc", "inst_level_strict_acc", "prompt_level_loose_acc",
-                  "inst_level_loose_acc")
 
 
 class PhaseClock:
@@ -132,7 +116,7 @@ class Demo:
         from ecomvlm.data_modules.synth import SynthConfig, synthesize
 
         self.workdir.mkdir(parents=True, exist_ok=True)
-        for old in ("runs", "shards", "item_intel", "curation"):  # a demo is a fresh run
+        for old in ("runs", "shards"):  # a demo is a fresh run
             shutil.rmtree(self.workdir / old, ignore_errors=True)
         self.data = self.workdir / "data"
         self.manifest = synthesize(SynthConfig(out=self.data, n=self.size.items, n_eval=self.size.eval_items, seed=0,
@@ -140,48 +124,17 @@ class Demo:
         console.print(f"{self.manifest['images']} images, {sum(self.manifest['records'].values())} records -> "
                       f"{self.data}")
 
-    def curate(self) -> None:
-        """Raw listings -> verified aspects -> the four-family set (paper 3.2.1), with scripted endpoints."""
-        from ecomvlm.data_modules.curation.demo import curate_synthetic_for_demo
-
-        self.curated = curate_synthetic_for_demo(self.workdir / "curation_data", self.workdir / "curation",
-                                                 self.size.curated, n_eval=self.size.curated_eval)
-        self.curated_eval = self.workdir / "curation" / "export"  # eval/ifeval.jsonl
-        rep = json.loads((self.curated_eval / "report.json").read_text())["instructions"]
-        n = len(json.loads(self.curated.read_text()))
-        self.results["curation"] = {"listings": self.size.curated, "instructions": n,
-                                    "family_shares": {f: round(v["share"], 1) for f, v in rep["families"].items()}}
-        console.print(f"curation: {self.size.curated} raw listings -> {n} instructions, shares "
-                      f"{self.results['curation']['family_shares']} ({self.curated})")
-
-    def item_intel_sets(self) -> None:
-        """Small-print items through the real item-intelligence pipeline (scripted teacher + grounder)."""
-        from ecomvlm.data_modules.item_intel.demo import build_demo_sets
-
-        self.ii = build_demo_sets(self.workdir, items=self.size.item_intel_items,
-                                  eval_items=self.size.item_intel_eval, encoder_model="tiny_siglip_qwen3",
-                                  crop_size=64)
-        s = self.ii["summary"]
-        self.results["item_intel_data"] = s
-        console.print(f"item intelligence: images per item (originals / + crops / after pHash dedup) "
-                      f"{s['images_per_item']}; facts per item first {s['first_facts_per_item']}, better "
-                      f"{s['better_facts_per_item']}; label F1 vs truth {s['label_f1']}")
-
     def tokenizer_and_shards(self) -> None:
         from ecomvlm.data_modules.shards import ShardConfig, make_shards
         from ecomvlm.data_modules.tiny_tokenizer import build_tiny_tokenizer, save_tiny_tokenizer
 
-        files = [*sorted((self.data / "train").glob("*.json")), self.curated,
-                 *(Path(self.ii["llava_json"][k]) for k in ("first", "better"))]
-        texts = [t["value"] for f in files for r in json.loads(f.read_text()) for t in r["conversations"]]
+        texts = [t["value"] for f in sorted((self.data / "train").glob("*.json")) for r in json.loads(f.read_text())
+                 for t in r["conversations"]]
         self.tok = build_tiny_tokenizer("chatml", corpus=texts, vocab_size=1000)
         save_tiny_tokenizer(self.tok, self.workdir / "tokenizer")
-        for name, sources in SOURCES.items():
-            inputs = [self.data / "train" / f"{src}.json" for src in sources]
-            if name == "stage3":
-                inputs.append(self.curated)  # absolute image paths: the image root does not apply to them
-            m = make_shards(ShardConfig(inputs, self.workdir / "shards" / name, image_root=self.data,
-                                        samples_per_shard=500, workers=1, rebuild=True))
+        for name, src in SOURCES.items():
+            m = make_shards(ShardConfig([self.data / "train" / f"{src}.json"], self.workdir / "shards" / name,
+                                        image_root=self.data, samples_per_shard=500, workers=1, rebuild=True))
             console.print(f"shards/{name}: {m['samples']} samples in {len(m['shards'])} shards, skipped {m['skipped']}")
 
     def _ask(self, hf_dir: Path) -> dict[str, float]:
@@ -216,20 +169,20 @@ class Demo:
         console.print(f"before training: colour accuracy {b['colour']:.2f}, category accuracy {b['category']:.2f} "
                       f"(chance: {1 / len(COLOURS):.2f} / 0.12)")
 
-    def train(self, name: str, recipe: str, shards: str, previous: str | None) -> str:
+    def train(self, recipe: str, shards: str, previous: str | None) -> str:
         from ecomvlm.recipes.config import load
         from ecomvlm.recipes.vlm_train import run
 
-        n = self.size.steps[name]
+        n = self.size.steps[recipe]
         over = [*self.base, f"recipe={recipe}", f"data.shards={self.workdir / 'shards' / shards}",
-                f"run.dir={self.workdir / 'runs' / name}", f"trainer.max_steps={n}", f"trainer.save_every={n}",
-                f"optim.warmup_steps={max(1, n // 10)}", *(ITEM_INTEL_RUN if recipe == "item_intel_ft" else [])]
+                f"run.dir={self.workdir / 'runs' / recipe}", f"trainer.max_steps={n}", f"trainer.save_every={n}",
+                f"optim.warmup_steps={max(1, n // 10)}"]
         if previous:
             over.append(f"init.from_checkpoint={previous}")
         st = time.perf_counter()
         s = run(load("train", over))
-        self._stage_row(name, s, time.perf_counter() - st)
-        console.print(f"{name}: {len(s['losses'])} steps, loss {s['losses'][0]:.3f} -> {s['losses'][-1]:.3f}, "
+        self._stage_row(recipe, s, time.perf_counter() - st)
+        console.print(f"{recipe}: {len(s['losses'])} steps, loss {s['losses'][0]:.3f} -> {s['losses'][-1]:.3f}, "
                       f"checkpoint {s['final_checkpoint']}")
         return s["final_checkpoint"]
 
@@ -240,13 +193,14 @@ class Demo:
              f"{s['losses'][-1]:.3f}" if s["losses"] else "-", f"{tps:,.0f}", f"{seconds:.0f}s"))
 
     def full_vlm(self) -> Path:
-        """A tiny Gemma3-style complete VLM fine-tuned on the first-label set through the AutoModel backend."""
+        """A tiny Gemma3-style complete VLM fine-tuned on the item-intelligence shards through the AutoModel
+        backend."""
         from ecomvlm.recipes.automodel.demo import finetune_tiny_gemma3
         from ecomvlm.recipes.models.parallel import destroy_distributed
 
         destroy_distributed()  # AutoModel sets up its own process group and device mesh
         st = time.perf_counter()
-        hf = finetune_tiny_gemma3(self.workdir / "shards" / self.ii["shards"]["first"], self.workdir / "tokenizer",
+        hf = finetune_tiny_gemma3(self.workdir / "shards" / "item_intel", self.workdir / "tokenizer",
                                   self.workdir / "runs" / "full_vlm", steps=self.size.steps["full_vlm"])
         summary = json.loads((self.workdir / "runs" / "full_vlm" / "run" / "summary.json").read_text())
         self._stage_row("full_vlm (AutoModel)", summary, time.perf_counter() - st)
@@ -268,20 +222,15 @@ class Demo:
 
     # ---- the run -------------------------------------------------------------------------------------------
     def run(self) -> int:
-        from ecomvlm.data_modules.item_intel.boxes import CropSettings
         from ecomvlm.eval.report import plot, tables_markdown
-        from ecomvlm.eval.runner import ECOMMERCE, IFEVAL, ITEM_INTEL
+        from ecomvlm.eval.runner import ECOMMERCE, ITEM_INTEL
 
         clock = self.clock
         with clock.phase("start-up (imports)"):
             self.imports()
-        console.rule("[bold]1. data: synthetic products, curated listings, item-intelligence labels and crops")
+        console.rule("[bold]1. synthetic e-commerce data")
         with clock.phase("synthetic data"):
             self.synthesize()
-        with clock.phase("curation (scripted captioner + verifier)"):
-            self.curate()
-        with clock.phase("item-intel pipeline (scripted teacher + grounder)"):
-            self.item_intel_sets()
         console.rule("[bold]2. tokenizer and shards")
         with clock.phase("tokenizer + shards"):
             self.tokenizer_and_shards()
@@ -290,47 +239,37 @@ class Demo:
             self.untrained()
         console.rule("[bold]4. training: stage 1 -> 2 -> 3, then item-intelligence fine-tuning (Lightning + megatron)")
         ckpts: dict[str, str] = {}
-        for name, recipe, shards, previous in RUNS:
-            with clock.phase(f"train {name}"):
-                ckpts[name] = self.train(name, recipe, shards, ckpts.get(previous) if previous else None)
+        for recipe, shards, previous in RUNS:
+            with clock.phase(f"train {recipe}"):
+                ckpts[recipe] = self.train(recipe, shards, ckpts.get(previous) if previous else None)
         console.rule("[bold]5. a complete Gemma3-style VLM fine-tuned through NeMo AutoModel (FSDP2 backend)")
         with clock.phase("train full_vlm (AutoModel)"):
             full_vlm = self.full_vlm()
-        console.rule("[bold]6. export (ecomvlm export), the same questions, ecomvlm eval (Tables 1 and 3, IFEval)")
-        hf: dict[str, Path] = {}
-        for name in ("stage3_sft", "item_intel_first", "item_intel_better"):
-            with clock.phase(f"export {name}"):
-                hf[name] = self.export(ckpts[name], f"hf_{name}")
+        console.rule("[bold]6. export (ecomvlm export), the same questions, ecomvlm eval (Tables 1 and 3)")
+        with clock.phase("export stage 3 + item-intel"):
+            general = self.export(ckpts["stage3_sft"], "hf_stage3")
+            item_model = self.export(ckpts["item_intel_ft"], "hf_item_intel")
         with clock.phase("stage 3: questions"):
-            self.results["after"] = self._ask(hf["stage3_sft"])
-        ii_data, crops = Path(self.ii["data"]), "item_intel:crops"
-        crop = CropSettings(crop_size=self.ii["crop_size"], min_crop_px=min(32, self.ii["crop_size"]))
-        for label, d in (("untrained", self.hf_untrained), ("stage3", hf["stage3_sft"])):
+            self.results["after"] = self._ask(general)
+        evals = [("untrained", self.hf_untrained, ECOMMERCE),  # item intelligence: the stage-3 row is the baseline
+                 ("stage3", general, [*ECOMMERCE, ITEM_INTEL]), ("item_intel_ft", item_model, [ITEM_INTEL]),
+                 ("full_vlm_gemma3", full_vlm, [ITEM_INTEL])]
+        for label, d, sets in evals:
             with clock.phase(f"eval {label}"):
-                self.evaluate(label, d, ECOMMERCE, self.data)
-                self.evaluate(label, d, [IFEVAL], self.curated_eval)
-                self.evaluate(label, d, [ITEM_INTEL], ii_data)
-        with clock.phase("eval item-intel models"):
-            self.evaluate("item_intel_first", hf["item_intel_first"], [ITEM_INTEL], ii_data)
-            self.evaluate("item_intel_better", hf["item_intel_better"], [ITEM_INTEL, crops], ii_data,
-                          item_intel_boxes=self.ii["eval_boxes"], crop=crop)
-            self.evaluate("full_vlm_gemma3", full_vlm, [ITEM_INTEL], ii_data)
+                self.evaluate(label, d, sets, self.data)
         bench = self.results["benchmarks"]
         plot(bench, self.workdir / "eval" / "results.png")
         (self.workdir / "eval" / "table.md").write_text(tables_markdown(bench))
-        return self.report(hf["stage3_sft"], full_vlm)
+        return self.report(general, item_model, full_vlm)
 
-    def report(self, general: Path, full_vlm: Path) -> int:
+    def report(self, general: Path, item_model: Path, full_vlm: Path) -> int:
         from ecomvlm.eval.report import tables_markdown
-        from ecomvlm.eval.runner import IFEVAL, ITEM_INTEL
+        from ecomvlm.eval.runner import ITEM_INTEL
 
         r, bench = self.results, self.results["benchmarks"]
-        rows = {"stage3": bench["stage3"][ITEM_INTEL], "item_intel_first": bench["item_intel_first"][ITEM_INTEL],
-                "item_intel_better": bench["item_intel_better"][ITEM_INTEL],
-                "item_intel_better_crops": bench["item_intel_better"]["item_intel:crops"],
+        rows = {"stage3": bench["stage3"][ITEM_INTEL], "item_intel_ft": bench["item_intel_ft"][ITEM_INTEL],
                 "full_vlm": bench["full_vlm_gemma3"][ITEM_INTEL]}
         r["item_intel"] = {k: _item_intel_row(m) for k, m in rows.items()}
-        r["ifeval"] = {k: {m: bench[k][IFEVAL][m] for m in IFEVAL_METRICS} for k in ("untrained", "stage3")}
         table = Table(title="training runs (tiny models, CPU)")
         for col in ("run", "steps", "first loss", "last loss", "tokens/s", "time"):
             table.add_column(col, justify="left" if col == "run" else "right")
@@ -345,34 +284,24 @@ class Demo:
         res.add_row("product category (8 kinds)", f"{r['before']['category']:.2f}", f"{r['after']['category']:.2f}")
         console.print(res)
         n_ii = bench["stage3"][ITEM_INTEL]["n"]
-        ii = Table(title=f"item intelligence, Table-3 layout ({n_ii} held-out small-print items, rule judge)")
-        for col in ("model", "data", "inference", "JSON", "F1", "precision", "recall"):
-            ii.add_column(col, justify="left" if col in ("model", "data", "inference") else "right")
-        described = {"stage3": ("stage-3 model", "-", "all images"),
-                     "item_intel_first": ("finetuned", "first labels, originals", "all images"),
-                     "item_intel_better": ("finetuned", "better labels, originals + crops", "all images"),
-                     "item_intel_better_crops": ("finetuned", "better labels, originals + crops",
-                                                 "all images + crops"),
-                     "full_vlm": ("tiny Gemma3 full VLM (AutoModel)", "first labels, originals", "all images")}
-        for key, (model, data, how) in described.items():
+        ii = Table(title=f"multi-image item intelligence, Table-3 layout ({n_ii} held-out items, JSON answers, rule "
+                         f"judge)")
+        for col in ("model", "JSON", "F1", "precision", "recall"):
+            ii.add_column(col, justify="left" if col == "model" else "right")
+        described = {"stage3": "stage-3 model (tiny SigLIP x Qwen3, megatron)",
+                     "item_intel_ft": "+ item-intelligence fine-tuning (megatron)",
+                     "full_vlm": "tiny Gemma3 complete VLM, fine-tuned (AutoModel)"}
+        for key, model in described.items():
             m = r["item_intel"][key]
-            ii.add_row(model, data, how, f"{m['valid_json']:.2f}", f"{m['f1']:.1f}", f"{m['precision']:.1f}",
+            ii.add_row(model, f"{m['valid_json']:.2f}", f"{m['f1']:.1f}", f"{m['precision']:.1f}",
                        f"{m['recall']:.1f}")
         console.print(ii)
-        ife = Table(title=f"instruction following on held-out curated listings ({bench['stage3'][IFEVAL]['n']} "
-                          f"prompts with checkable constraints, IFEval-style)")
-        ife.add_column("model")
-        for m in IFEVAL_METRICS:
-            ife.add_column(m.replace("_acc", "").replace("_", " "), justify="right")
-        for k in ("untrained", "stage3"):
-            ife.add_row(k, *("-" if r["ifeval"][k][m] is None else f"{r['ifeval'][k][m]:.2f}" for m in IFEVAL_METRICS))
-        console.print(ife)
         console.print("[bold]ecomvlm eval on the held-out synthetic sets (paper Table 1 and Table 3 layouts)[/bold]")
         print(tables_markdown(bench), flush=True)
         console.print(self.clock.table())
         r["phases_s"] = self.clock.as_dict()
         r["hf_dir"] = str(general)
-        console.print(f"HF exports: {general}, {full_vlm}; wall time {r['phases_s']['total']:.0f} s"
+        console.print(f"HF exports: {general}, {item_model}, {full_vlm}; wall time {r['phases_s']['total']:.0f} s"
                       + (" (--quick: a smoke run of every phase; it is too short to learn anything)" if self.quick
                          else ""))
         (self.workdir / "demo_result.json").write_text(json.dumps(r, indent=2) + "\n")

@@ -333,7 +333,7 @@ def _item_behind(work: Path, partition_size: int, stages: list[str]) -> str | No
 # ------------------------------------------------------------------------------------------------ scripts
 def render(plan: DataPlan, job: DataJob, after: str | None) -> str:
     """One job's sbatch script. `after`: the job id it waits for (afterok), or None."""
-    from ecomvlm.launcher.slurm import cluster_container_flags
+    from ecomvlm.launcher.slurm import cluster_container_flags, scheduling_lines
 
     c, q = plan.cluster, shlex.quote
     log_dir = c.log_dir.rstrip("/") or "."
@@ -347,15 +347,8 @@ def render(plan: DataPlan, job: DataJob, after: str | None) -> str:
                     ("cpus-per-task", cpus), ("mem", c.data_mem), ("gpus-per-node", c.data_gpus_per_node or None)):
         if v is not None:
             lines.append(f"#SBATCH --{flag}={q(str(v))}")
-    lines.append("#SBATCH --requeue" if c.requeue else "#SBATCH --no-requeue")
     lines.append(f"#SBATCH --signal=B:USR1@{c.signal_seconds}")  # to this shell: it stops the stage and requeues
-    if job.is_array:
-        lines.append(f"#SBATCH --array=0-{job.tasks - 1}")
-    if after:
-        lines += [f"#SBATCH --dependency=afterok:{after}", "#SBATCH --kill-on-invalid-dep=yes"]
-    for raw in c.data_extra_sbatch:
-        flag, eq, value = raw.partition("=")
-        lines.append(f"#SBATCH {flag}={q(value)}" if eq else f"#SBATCH {flag}")
+    lines += scheduling_lines(c.requeue, job.tasks if job.is_array else None, after, c.data_extra_sbatch)
     env = plan.env()
     srun = ["srun", "--ntasks=1", "--kill-on-bad-exit=1",
             *cluster_container_flags(c, plan.workdir, sorted({*env, *plan.key_envs}))]

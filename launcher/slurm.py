@@ -93,6 +93,21 @@ def cluster_container_flags(c, workdir: str, env_names: list[str]) -> list[str]:
             f"--container-env={','.join(env_names)}"]
 
 
+def scheduling_lines(requeue: bool, array_tasks: int | None, after: str | None, extra: list[str]) -> list[str]:
+    """#SBATCH lines every ecomvlm job shares: requeue or not, the array, the afterok chain (a dependency that can
+    never be met kills the job instead of leaving it pending forever), the cluster's extra options (quoted)."""
+    q = shlex.quote
+    lines = ["#SBATCH --requeue" if requeue else "#SBATCH --no-requeue"]
+    if array_tasks is not None:
+        lines.append(f"#SBATCH --array=0-{array_tasks - 1}")
+    if after:
+        lines += [f"#SBATCH --dependency=afterok:{after}", "#SBATCH --kill-on-invalid-dep=yes"]
+    for raw in extra:
+        flag, eq, value = raw.partition("=")
+        lines.append(f"#SBATCH {flag}={q(value)}" if eq else f"#SBATCH {flag}")
+    return lines
+
+
 def render(plan: Plan) -> str:
     """The sbatch script (a string)."""
     c, q = plan.cluster, shlex.quote
@@ -108,15 +123,8 @@ def render(plan: Plan) -> str:
         v = getattr(c, key)
         if v is not None:
             lines.append(f"#SBATCH --{flag}={q(str(v))}")
-    lines.append("#SBATCH --requeue" if c.requeue else "#SBATCH --no-requeue")
     lines.append(f"#SBATCH --signal=USR1@{c.signal_seconds}")  # to the tasks: they save (exit 75) before the end
-    if plan.is_array:
-        lines.append(f"#SBATCH --array=0-{len(plan.tasks) - 1}")
-    if plan.after:
-        lines += [f"#SBATCH --dependency=afterok:{plan.after}", "#SBATCH --kill-on-invalid-dep=yes"]
-    for raw in c.extra_sbatch:
-        flag, eq, value = raw.partition("=")
-        lines.append(f"#SBATCH {flag}={q(value)}" if eq else f"#SBATCH {flag}")
+    lines += scheduling_lines(c.requeue, len(plan.tasks) if plan.is_array else None, plan.after, c.extra_sbatch)
     srun = ["srun", *SRUN_FLAGS, *container_flags(plan)]
     cmd = " ".join([*srun, *task_command(plan), '"${OVERRIDES[@]}"', '"${SWEEP[@]}"'])
     max_requeues = c.max_requeues if c.requeue else 0

@@ -29,8 +29,8 @@ log = logging.getLogger("ecomvlm.train")
 
 # settings a resumed run may change (how long, how often it logs/saves, what it exports, notes); everything else
 # defines the run and must match its config.json
-RESUME_FREE = ("trainer.max_steps", "trainer.log_every", "trainer.save_every", "export", "run.note", "init",
-               "data.loader_watchdog_s")
+RESUME_FREE = ("trainer.max_steps", "trainer.log_every", "trainer.save_every", "trainer.wandb", "export", "run.note",
+               "init", "data.loader_watchdog_s")
 
 
 def settings_differences(saved: Any, now: Any, free: tuple[str, ...], prefix: str = "") -> list[tuple[str, Any, Any]]:
