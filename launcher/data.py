@@ -333,7 +333,7 @@ def _item_behind(work: Path, partition_size: int, stages: list[str]) -> str | No
 # ------------------------------------------------------------------------------------------------ scripts
 def render(plan: DataPlan, job: DataJob, after: str | None) -> str:
     """One job's sbatch script. `after`: the job id it waits for (afterok), or None."""
-    from ecomvlm.launcher.slurm import cluster_container_flags, scheduling_lines
+    from ecomvlm.launcher.slurm import cluster_container_flags, scheduling_lines, script_preamble
 
     c, q = plan.cluster, shlex.quote
     log_dir = c.log_dir.rstrip("/") or "."
@@ -353,13 +353,7 @@ def render(plan: DataPlan, job: DataJob, after: str | None) -> str:
     srun = ["srun", "--ntasks=1", "--kill-on-bad-exit=1",
             *cluster_container_flags(c, plan.workdir, sorted({*env, *plan.key_envs}))]
     python = q(c.python or sys.executable)
-    max_requeues = c.max_requeues if c.requeue else 0
-    lines += [
-        "",
-        "set -uo pipefail",
-        f"MAX_REQUEUES={max_requeues}",
-        "restarts=${SLURM_RESTART_COUNT:-0}",
-    ]
+    lines += script_preamble(c)
     if not job.is_array:  # a plain job takes every partition, whatever array the submitting shell ran in
         lines.append("unset SLURM_ARRAY_TASK_ID SLURM_ARRAY_TASK_COUNT SLURM_ARRAY_JOB_ID")
     lines += [

@@ -108,6 +108,12 @@ def scheduling_lines(requeue: bool, array_tasks: int | None, after: str | None, 
     return lines
 
 
+def script_preamble(c) -> list[str]:
+    """The batch shell's first lines: strict pipes, the requeue cap (0 without requeue) and this attempt's number."""
+    return ["", "set -uo pipefail", f"MAX_REQUEUES={c.max_requeues if c.requeue else 0}",
+            "restarts=${SLURM_RESTART_COUNT:-0}"]
+
+
 def render(plan: Plan) -> str:
     """The sbatch script (a string)."""
     c, q = plan.cluster, shlex.quote
@@ -127,12 +133,8 @@ def render(plan: Plan) -> str:
     lines += scheduling_lines(c.requeue, len(plan.tasks) if plan.is_array else None, plan.after, c.extra_sbatch)
     srun = ["srun", *SRUN_FLAGS, *container_flags(plan)]
     cmd = " ".join([*srun, *task_command(plan), '"${OVERRIDES[@]}"', '"${SWEEP[@]}"'])
-    max_requeues = c.max_requeues if c.requeue else 0
     lines += [
-        "",
-        "set -uo pipefail",
-        f"MAX_REQUEUES={max_requeues}",
-        "restarts=${SLURM_RESTART_COUNT:-0}",
+        *script_preamble(c),
         'task=${SLURM_ARRAY_JOB_ID:+${SLURM_ARRAY_JOB_ID}_${SLURM_ARRAY_TASK_ID}}',
         'task=${task:-$SLURM_JOB_ID}',
         f'echo "[ecomvlm] job $task ({plan.name}) restart $restarts of at most $MAX_REQUEUES on '
