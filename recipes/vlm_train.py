@@ -42,6 +42,23 @@ def settings_differences(saved: Any, now: Any, free: tuple[str, ...], prefix: st
     return [] if saved == now else [(prefix.rstrip("."), saved, now)]
 
 
+def check_resumable(cfg: Any, run_dir: Path, step: int, new_run_hint: str) -> None:
+    """A run directory (either backend) is resumed only to go on with the run it holds: steps left, the settings of
+    its config.json (but for RESUME_FREE)."""
+    if step >= cfg.trainer.max_steps:
+        raise ValueError(f"run {run_dir} already finished (step {step} of trainer.max_steps="
+                         f"{cfg.trainer.max_steps}): raise trainer.max_steps to train on, or choose another "
+                         f"run.dir (init.from_checkpoint={run_dir} {new_run_hint})")
+    saved_path = run_dir / "config.json"
+    if not saved_path.is_file():
+        return
+    diffs = [f"{key}: {a!r} (saved) -> {b!r} (now)" for key, a, b in
+             settings_differences(json.loads(saved_path.read_text()), as_dict(cfg), RESUME_FREE)]
+    if diffs:
+        raise ValueError(f"run {run_dir} was started with other settings ({'; '.join(diffs[:6])}): resume "
+                         f"with the saved ones, or start a new run.dir with init.from_checkpoint={run_dir}")
+
+
 class VLMTrainingRecipe:
     def __init__(self, cfg: TrainConfig, callbacks: list | None = None) -> None:
         self.cfg = to_config(cfg)
@@ -121,21 +138,7 @@ class VLMTrainingRecipe:
                      counts["trainable"], counts["frozen"])
 
     def check_resumable(self, step: int) -> None:
-        """A run directory is resumed only to go on with the run it holds: steps left, the same settings."""
-        c = self.cfg
-        if step >= c.trainer.max_steps:
-            raise ValueError(f"run {self.run_dir} already finished (step {step} of trainer.max_steps="
-                             f"{c.trainer.max_steps}): raise trainer.max_steps to train on, or choose another "
-                             f"run.dir (init.from_checkpoint={self.run_dir} starts a new stage from it)")
-        saved_path = self.run_dir / "config.json"
-        if not saved_path.is_file():
-            return
-        saved, now = json.loads(saved_path.read_text()), as_dict(c)
-        diffs = [f"{key}: {a!r} (saved) -> {b!r} (now)"
-                 for key, a, b in settings_differences(saved, now, RESUME_FREE)]
-        if diffs:
-            raise ValueError(f"run {self.run_dir} was started with other settings ({'; '.join(diffs[:6])}): resume "
-                             f"with the saved ones, or start a new run.dir with init.from_checkpoint={self.run_dir}")
+        check_resumable(self.cfg, Path(self.run_dir), step, "starts a new stage from it")
 
     def setup_data(self) -> None:
         from ecomvlm.data_modules.loader import VLMDataModule

@@ -134,22 +134,9 @@ class AutoModelRecipe:
                                     f"; download the published model ({c.model.hub_id or c.model.name}) there")
 
     def check_resumable(self, step: int) -> None:
-        from ecomvlm.recipes.config import as_dict
-        from ecomvlm.recipes.vlm_train import RESUME_FREE, settings_differences
+        from ecomvlm.recipes.vlm_train import check_resumable
 
-        c = self.cfg
-        if step >= c.trainer.max_steps:
-            raise ValueError(f"run {self.run_dir} already finished (step {step} of trainer.max_steps="
-                             f"{c.trainer.max_steps}): raise trainer.max_steps to train on, or choose another "
-                             f"run.dir (init.from_checkpoint={self.run_dir} starts a new run from its result)")
-        saved_path = self.run_dir / "config.json"
-        if not saved_path.is_file():
-            return
-        diffs = [f"{key}: {a!r} (saved) -> {b!r} (now)" for key, a, b in
-                 settings_differences(json.loads(saved_path.read_text()), as_dict(c), RESUME_FREE)]
-        if diffs:
-            raise ValueError(f"run {self.run_dir} was started with other settings ({'; '.join(diffs[:6])}): resume "
-                             f"with the saved ones, or start a new run.dir with init.from_checkpoint={self.run_dir}")
+        check_resumable(self.cfg, Path(self.run_dir), step, "starts a new run from its result")
 
     def setup_inputs(self) -> None:
         from ecomvlm.recipes.automodel.data import DataSpec
