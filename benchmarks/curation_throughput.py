@@ -5,7 +5,7 @@ Each listing costs one caption and one verify request, run as two stages one aft
 ``concurrency / (2 * latency)`` listings/s. The endpoint is the scripted server of data_modules/curation/scripted.py
 (answers computed from the synthetic truth, then a sleep of ``--latency``), in a process of its own; the client,
 workers and partition files are the real ones. On a loaded machine the ideal is out of reach for any client, so
-the same number of bare httpx requests is timed too: the pipeline's overhead over that is printed beside it.
+the same number of bare HTTP requests (aiohttp) is timed too: the pipeline's overhead over that is printed beside it.
 
     .venv/bin/python benchmarks/curation_throughput.py --listings 1024 --concurrency 64 --latency 0.5
 """
@@ -22,16 +22,20 @@ from pathlib import Path
 
 
 async def bare_http(url: str, n: int, concurrency: int) -> float:
-    """Seconds for `n` bare chat requests at `concurrency` (httpx, no pipeline): what this machine allows."""
-    import httpx
+    """Seconds for `n` bare chat requests at `concurrency` (aiohttp, the pipeline's client library, no pipeline):
+    what this machine allows."""
+    import aiohttp
 
-    body = {"model": "bench-verifier", "messages": [{"role": "user", "content": "- Colour: Red"}],
-            "response_format": {"type": "json_schema"}}
+    body = json.dumps({"model": "bench-verifier", "messages": [{"role": "user", "content": "- Colour: Red"}],
+                       "response_format": {"type": "json_schema"}})
     sem = asyncio.Semaphore(concurrency)
-    async with httpx.AsyncClient(limits=httpx.Limits(max_connections=concurrency), timeout=60) as http:
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=concurrency),
+                                     headers={"Content-Type": "application/json"}) as http:
         async def one() -> None:
             async with sem:
-                (await http.post(f"{url}/chat/completions", json=body)).raise_for_status()
+                async with http.post(f"{url}/chat/completions", data=body) as r:
+                    r.raise_for_status()
+                    json.loads(await r.read())
 
         t0 = time.perf_counter()
         await asyncio.gather(*[one() for _ in range(n)])
@@ -97,7 +101,7 @@ def main() -> int:
     print(json.dumps(out))
     print(f"{measured:.1f} listings/s vs the endpoint-bound ideal {ideal:.1f} (concurrency {args.concurrency} / "
           f"(2 x {args.latency} s)): overhead {100 * (ideal / measured - 1):.1f}% "
-          f"(target < 5%); a bare httpx loop on this machine: {bare:.1f} (pipeline overhead over it "
+          f"(target < 5%); a bare aiohttp loop on this machine: {bare:.1f} (pipeline overhead over it "
           f"{100 * (bare / measured - 1):.1f}%); client CPU {1000 * cpu / (2 * n):.2f} ms per request; local "
           f"stages (ingest, clean, image) {t_local:.2f} s; load average {os.getloadavg()[0]:.1f} on "
           f"{os.cpu_count()} cores")

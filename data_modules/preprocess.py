@@ -287,18 +287,26 @@ def build_sample(meta: dict[str, Any], image_bytes: list[bytes], tokenizer, fmt:
     ids: list[int] = []
     mask: list[int] = []
     image_spans: list[tuple[int, int]] = []
+    segments: list[tuple[str | None, bool]] = []  # text pieces and image slots (None), in order
     for text, trainable in render(llava_to_messages(conversations), fmt):
-        pieces = text.split(IMAGE_TOKEN)
-        for j, piece in enumerate(pieces):
+        for j, piece in enumerate(text.split(IMAGE_TOKEN)):
             if j:
-                n = next(tokens_per_image)
-                image_spans.append((len(ids), len(ids) + n))
-                ids += [image_token_id] * n
-                mask += [0] * n
+                segments.append((None, False))
             if piece:
-                seg = tokenizer(piece, add_special_tokens=False)["input_ids"]
-                ids += seg
-                mask += [int(trainable)] * len(seg)
+                segments.append((piece, trainable))
+    texts = [piece for piece, _ in segments if piece is not None]
+    # one batched call: each piece is still tokenized on its own, at a tenth of the per-call overhead
+    encoded = iter(tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else [])
+    for piece, trainable in segments:
+        if piece is None:
+            n = next(tokens_per_image)
+            image_spans.append((len(ids), len(ids) + n))
+            ids += [image_token_id] * n
+            mask += [0] * n
+        else:
+            seg = next(encoded)
+            ids += seg
+            mask += [int(trainable)] * len(seg)
     if len(ids) > cfg.max_seq_length:
         last_image_end = image_spans[-1][1] if image_spans else 0
         if cfg.truncation == "skip" or last_image_end > cfg.max_seq_length or not any(mask[:cfg.max_seq_length]):

@@ -45,7 +45,7 @@ class DemoSize:
 
 
 FULL = DemoSize(items=800, eval_items=100, eval_limit=40, eval_tokens=48,
-                steps={"stage1_alignment": 60, "stage2_mid": 120, "stage3_sft": 600, "item_intel_ft": 150,
+                steps={"stage1_alignment": 60, "stage2_mid": 120, "stage3_sft": 700, "item_intel_ft": 300,
                        "full_vlm": 60})
 QUICK = DemoSize(items=80, eval_items=20, eval_limit=6, eval_tokens=12,
                  steps={"stage1_alignment": 6, "stage2_mid": 6, "stage3_sft": 12, "item_intel_ft": 4, "full_vlm": 3})

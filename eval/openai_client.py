@@ -112,46 +112,52 @@ class AsyncChatClient:
         return f"AsyncChatClient(base_url={self.base_url!r}, model={self.model!r}, concurrency={self.concurrency})"
 
     async def __aenter__(self) -> "AsyncChatClient":
-        import httpx
+        # aiohttp, not httpx: at 64+ requests in flight the client's own CPU per request decides whether a worker
+        # keeps up with the endpoint (benchmarks/curation_throughput.py prints both)
+        import aiohttp
 
         headers = {"Content-Type": "application/json"}
         if self._key:
             headers["Authorization"] = f"Bearer {self._key}"
-        limits = httpx.Limits(max_connections=self.concurrency, max_keepalive_connections=self.concurrency)
-        self._http = httpx.AsyncClient(timeout=self.timeout_s, headers=headers, limits=limits)
+        self._http = aiohttp.ClientSession(headers=headers, timeout=aiohttp.ClientTimeout(total=self.timeout_s),
+                                           connector=aiohttp.TCPConnector(limit=self.concurrency))
         return self
 
     async def __aexit__(self, *exc) -> None:
         if self._http is not None:
-            await self._http.aclose()
+            await self._http.close()
             self._http = None
 
     async def _post(self, body: dict[str, Any]) -> tuple[str | None, CallResult]:
         """(content or None, result with error/attempts/tokens) of one chat request, transport-retried."""
         import asyncio
+        import json
         import random
 
-        import httpx
+        import aiohttp
 
+        payload = json.dumps(body, ensure_ascii=False).encode("utf-8")
         res = CallResult()
         for attempt in range(self.http_retries + 1):
             res.attempts += 1
             self.counters["requests"] += 1
             try:
                 async with self._sem:
-                    r = await self._http.post(f"{self.base_url}/chat/completions", json=body)
-            except httpx.TimeoutException as e:
+                    async with self._http.post(f"{self.base_url}/chat/completions", data=payload) as r:
+                        status, raw = r.status, await r.read()
+            except TimeoutError as e:
                 res.error, res.detail = "timeout", f"{type(e).__name__}"
-            except httpx.HTTPError as e:
+            except aiohttp.ClientError as e:
                 res.error, res.detail = "transport", f"{type(e).__name__}: {e}"[:200]
             else:
-                if r.status_code == 200:
+                text = raw[:400].decode("utf-8", "replace")
+                if status == 200:
                     try:
-                        doc = r.json()
+                        doc = json.loads(raw)
                         content = doc["choices"][0]["message"].get("content")
                         usage = doc.get("usage") or {}
-                    except (ValueError, KeyError, IndexError, TypeError) as e:
-                        res.error, res.detail = "malformed_response", f"{type(e).__name__}: {r.text[:200]}"
+                    except (ValueError, KeyError, IndexError, TypeError, AttributeError) as e:
+                        res.error, res.detail = "malformed_response", f"{type(e).__name__}: {text[:200]}"
                         self.counters["errors:malformed_response"] += 1
                         return None, res
                     res.prompt_tokens += int(usage.get("prompt_tokens") or 0)
@@ -160,8 +166,8 @@ class AsyncChatClient:
                     self.counters["completion_tokens"] += int(usage.get("completion_tokens") or 0)
                     res.error = None
                     return content or "", res
-                res.error, res.detail = f"http_{r.status_code}", r.text[:200]
-                if r.status_code not in (408, 409, 429) and r.status_code < 500:
+                res.error, res.detail = f"http_{status}", text[:200]
+                if status not in (408, 409, 429) and status < 500:
                     break
             self.counters[f"errors:{res.error}"] += 1
             if attempt < self.http_retries:

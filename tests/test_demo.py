@@ -41,8 +41,9 @@ def test_full_demo_learns_colour_and_category(tmp_path):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     res = json.loads((tmp_path / "demo_result.json").read_text())
     assert res["before"]["colour"] <= 0.2 and res["after"]["colour"] >= 0.8
+    assert res["after"]["category"] >= 0.35  # 0.63 measured (README); chance is 0.12
     ii = res["item_intel"]
     assert ii["item_intel_ft"]["valid_json"] > ii["stage3"]["valid_json"]
-    assert ii["item_intel_ft"]["f1"] > ii["stage3"]["f1"]
+    assert ii["item_intel_ft"]["f1"] > max(ii["stage3"]["f1"], 10.0)  # 22.0 measured
     # the complete VLM learned the answer format on the same shards (its F1 is not compared: see README)
     assert ii["full_vlm"]["valid_json"] >= 0.9

@@ -82,3 +82,52 @@ def test_tiny_hf_configs_build_models(tiny_hf_configs):
         model = AutoModelForCausalLM.from_config(tiny_hf_configs[fam])
         out = model(torch.randint(0, 512, (1, 8)))
         assert out.logits.shape == (1, 8, 512)
+
+
+def _core_attention(model):
+    return model.decoder.layers[0].self_attention.core_attention
+
+
+@pytest.mark.parametrize("mask_kind", ["causal", "packed", "window"])
+def test_fused_core_attention_equals_megatrons_computation(megatron_single, mask_kind):
+    """Local specs use torch's fused attention: values and gradients equal megatron's DotProductAttention."""
+    from ecomvlm.data_modules.packing import block_causal_mask
+    from ecomvlm.recipes.models.sdpa_attention import SDPADotProductAttention, reference_attention
+
+    torch.manual_seed(0)
+    core = _core_attention(DEC.build(ParallelConfig()))
+    assert type(core) is SDPADotProductAttention
+    s, b, d = 24, 3, DEC.hidden_size // DEC.num_attention_heads
+    q = torch.randn(s, b, DEC.num_attention_heads, d, requires_grad=True)
+    kv = [torch.randn(s, b, DEC.num_query_groups, d, requires_grad=True) for _ in range(2)]  # grouped-query
+    mask = None
+    if mask_kind == "packed":  # three samples in a row + a padding tail, as the loader packs them
+        mask = block_causal_mask([[0, 5, 13, 20, 24]] * b, s)
+    if mask_kind == "window":  # Gemma3's sliding layers pass window | causal as the mask
+        from megatron.core.transformer.utils import get_sliding_window_causal_mask
+
+        mask = get_sliding_window_causal_mask(s, s, (4, 0))
+    fused = core(q, *kv, mask)
+    grads = torch.autograd.grad(fused.square().sum(), [q, *kv])
+    ref = reference_attention(core, q, *kv, mask)
+    ref_grads = torch.autograd.grad(ref.square().sum(), [q, *kv])
+    assert fused.shape == ref.shape == (s, b, DEC.num_attention_heads * d)
+    torch.testing.assert_close(fused, ref, atol=1e-5, rtol=1e-4)
+    for g, r in zip(grads, ref_grads):
+        torch.testing.assert_close(g, r, atol=1e-5, rtol=1e-4)
+    if mask_kind == "causal":  # the future never leaks into the past
+        later = [t.detach().clone() for t in (q, *kv)]
+        later[1][-1] += 5.0
+        torch.testing.assert_close(core(*later, None)[:-1], fused.detach()[:-1])
+
+
+def test_fused_core_attention_leaves_unexpressible_settings_to_megatron(megatron_single):
+    from megatron.core.packed_seq_params import PackedSeqParams
+
+    torch.manual_seed(0)
+    core = _core_attention(DEC.build(ParallelConfig()))
+    assert core._fused_ok(None, None)
+    assert not core._fused_ok(None, PackedSeqParams(qkv_format="thd"))
+    core.attention_dropout.p = 0.1
+    assert not core.train()._fused_ok(None, None)  # dropout under megatron's RNG tracker
+    assert core.eval()._fused_ok(None, None)

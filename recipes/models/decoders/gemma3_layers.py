@@ -22,13 +22,14 @@ from megatron.core.fusions.fused_bias_dropout import get_bias_dropout_add
 from megatron.core.models.common.embeddings.rotary_pos_embedding import RotaryEmbedding
 from megatron.core.tensor_parallel import ColumnParallelLinear, RowParallelLinear
 from megatron.core.transformer.attention import SelfAttention, SelfAttentionSubmodules
-from megatron.core.transformer.dot_product_attention import DotProductAttention
 from megatron.core.transformer.enums import AttnMaskType
 from megatron.core.transformer.mlp import MLP, MLPSubmodules
 from megatron.core.transformer.spec_utils import ModuleSpec
 from megatron.core.transformer.transformer_block import TransformerBlockSubmodules, get_num_layers_to_build
 from megatron.core.transformer.transformer_layer import TransformerLayer, TransformerLayerSubmodules
 from megatron.core.transformer.utils import get_sliding_window_causal_mask, is_layer_window_attention
+
+from ecomvlm.recipes.models.sdpa_attention import SDPADotProductAttention
 
 
 class Gemma3RMSNorm(torch.nn.Module):
@@ -99,7 +100,7 @@ def gemma3_layer_spec(local_rotary_base: float) -> ModuleSpec:
                 params={"attn_mask_type": AttnMaskType.causal, "local_rotary_base": local_rotary_base},
                 submodules=SelfAttentionSubmodules(
                     linear_qkv=ColumnParallelLinear,
-                    core_attention=DotProductAttention,
+                    core_attention=SDPADotProductAttention,
                     linear_proj=RowParallelLinearWithPostNorm,
                     q_layernorm=Gemma3RMSNorm,
                     k_layernorm=Gemma3RMSNorm,

@@ -121,7 +121,10 @@ class DecoderConfig:
             return get_gpt_layer_with_transformer_engine_spec(qk_layernorm=config.qk_layernorm)
         from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_local_spec
 
-        return get_gpt_layer_local_spec(qk_layernorm=config.qk_layernorm, normalization=config.normalization)
+        from ecomvlm.recipes.models.sdpa_attention import use_fused_attention
+
+        return use_fused_attention(get_gpt_layer_local_spec(qk_layernorm=config.qk_layernorm,
+                                                            normalization=config.normalization))
 
     def layer_norm_names(self) -> list[tuple[str, str]]:
         """(megatron, HF) names of one layer's norms."""

@@ -107,7 +107,9 @@ class SiglipConfig(EncoderConfig):
             spec, norm = get_vit_layer_with_transformer_engine_spec(), TENorm
         else:
             # without TE, CLIPViTModel's default norm is torch.nn.LayerNorm, which rejects `config=`
-            spec, norm = get_vit_layer_with_local_spec(), WrappedTorchNorm
+            from ecomvlm.recipes.models.sdpa_attention import use_fused_attention
+
+            spec, norm = use_fused_attention(get_vit_layer_with_local_spec()), WrappedTorchNorm
         model = CLIPViTModel(self.transformer_config(parallel, params_dtype), spec, ln_pre_impl=norm,
                              ln_post_impl=norm, add_class_token=False, class_token_len=0, patch_dim=self.patch_size,
                              img_h=self.grid_size, img_w=self.grid_size, model_subtype="siglip")
