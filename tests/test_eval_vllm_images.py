@@ -110,10 +110,53 @@ def vllm_answers(env):
                  "--out", str(env["root"] / "vllm")])
 
 
-@pytest.mark.xfail(strict=True, reason="LLaVA-OneVision with several images per prompt: vLLM 0.32's answers differ "
-                   "from transformers' (one image per prompt matches, tests/test_eval_vllm_exports.py); not resolved")
+@pytest.mark.xfail(strict=True, reason="LLaVA-OneVision with several images per prompt: vLLM 0.32 hands the HF "
+                   "processor the prompt's images as a flat list, which transformers reads as one single-image sample "
+                   "per image (a full AnyRes grid each), while a multi-image sample gets one view per image in "
+                   "transformers (and in LLaVA-OneVision's training); test_vllm_sees_each_onevision_image_as_a_grid")
 def test_vllm_engine_answers_onevision_multi_image_prompts_like_transformers(vllm_answers, hf_answers):
     _assert_same_answers(vllm_answers, hf_answers, ["ov"])
+
+
+_VLLM_IMAGE_TOKENS = """
+import sys
+from PIL import Image
+from vllm import LLM, SamplingParams
+llm = LLM(model=sys.argv[1], enforce_eager=True, dtype="float32", max_model_len=2048)
+image_id = llm.get_tokenizer().convert_tokens_to_ids("<image>")
+out = llm.generate({"prompt": sys.argv[2], "multi_modal_data": {"image": [Image.open(p).convert("RGB")
+                                                                        for p in sys.argv[3:]]}},
+                   SamplingParams(max_tokens=1))
+print("IMAGE_TOKENS", sum(1 for i in out[0].prompt_token_ids if i == image_id), flush=True)
+"""
+
+
+def test_vllm_sees_each_onevision_image_as_a_grid(env, tmp_path):
+    """The cause of the OneVision xfail above: for two images in one prompt vLLM expands the image tokens of two
+    single-image samples (an AnyRes grid each), transformers those of one two-image sample (one view each)."""
+    from PIL import Image
+    from transformers import AutoProcessor
+
+    model = env["models"]["ov"]
+    images = [Image.new("RGB", (70, 40), "red"), Image.new("RGB", (40, 70), "blue")]  # grids of 2 tiles each
+    paths = []
+    for i, im in enumerate(images):
+        paths.append(str(tmp_path / f"im{i}.png"))
+        im.save(paths[-1])
+    text = "<image>\n<image>\nWhat colours are these?"
+    proc = AutoProcessor.from_pretrained(model)
+    image_id = proc.tokenizer.convert_tokens_to_ids("<image>")
+
+    def image_tokens(images_arg) -> int:
+        return int((proc(text=[text], images=images_arg, return_tensors="pt")["input_ids"] == image_id).sum())
+
+    one_sample, single_samples = image_tokens([images]), image_tokens(images)
+    assert one_sample < single_samples
+    r = subprocess.run([str(VLLM_PYTHON), "-c", _VLLM_IMAGE_TOKENS, str(model), text, *paths], capture_output=True,
+                       text=True, timeout=900)
+    assert r.returncode == 0, r.stderr[-3000:]
+    counted = [line.split()[1] for line in r.stdout.splitlines() if line.startswith("IMAGE_TOKENS ")]
+    assert counted == [str(single_samples)], r.stdout[-2000:]
 
 
 def test_vllm_engine_scores_images_like_transformers(env, hf_answers, vllm_answers):
