@@ -5,6 +5,7 @@ the API key is read from the environment variable named by ``api_key_env`` and n
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from dataclasses import dataclass
@@ -131,7 +132,6 @@ class AsyncChatClient:
     async def _post(self, body: dict[str, Any]) -> tuple[str | None, CallResult]:
         """(content or None, result with error/attempts/tokens) of one chat request, transport-retried."""
         import asyncio
-        import json
         import random
 
         import aiohttp
@@ -150,14 +150,14 @@ class AsyncChatClient:
             except aiohttp.ClientError as e:
                 res.error, res.detail = "transport", f"{type(e).__name__}: {e}"[:200]
             else:
-                text = raw[:400].decode("utf-8", "replace")
                 if status == 200:
                     try:
                         doc = json.loads(raw)
                         content = doc["choices"][0]["message"].get("content")
                         usage = doc.get("usage") or {}
                     except (ValueError, KeyError, IndexError, TypeError, AttributeError) as e:
-                        res.error, res.detail = "malformed_response", f"{type(e).__name__}: {text[:200]}"
+                        head = raw[:200].decode("utf-8", "replace")
+                        res.error, res.detail = "malformed_response", f"{type(e).__name__}: {head}"
                         self.counters["errors:malformed_response"] += 1
                         return None, res
                     res.prompt_tokens += int(usage.get("prompt_tokens") or 0)
@@ -166,7 +166,7 @@ class AsyncChatClient:
                     self.counters["completion_tokens"] += int(usage.get("completion_tokens") or 0)
                     res.error = None
                     return content or "", res
-                res.error, res.detail = f"http_{status}", text[:200]
+                res.error, res.detail = f"http_{status}", raw[:200].decode("utf-8", "replace")
                 if status not in (408, 409, 429) and status < 500:
                     break
             self.counters[f"errors:{res.error}"] += 1
@@ -188,8 +188,6 @@ class AsyncChatClient:
                         validate=None, max_tokens: int = 1024, temperature: float = 0.0,
                         extra: dict[str, Any] | None = None) -> CallResult:
         """A JSON answer of `schema`, checked; malformed answers are asked again with the error fed back."""
-        import json as _json
-
         body = {"model": self.model, "messages": list(messages), "max_tokens": max_tokens,
                 "temperature": temperature, **(extra or {}),
                 "response_format": {"type": "json_schema",
@@ -204,7 +202,7 @@ class AsyncChatClient:
                 total.error, total.detail = res.error, res.detail
                 return total
             try:
-                value = _json.loads(content)
+                value = json.loads(content)
                 problem = validate(value) if validate else None
             except ValueError as e:
                 value, problem = None, f"not JSON ({e})"

@@ -91,8 +91,10 @@ def _core_attention(model):
 @pytest.mark.parametrize("mask_kind", ["causal", "packed", "window"])
 def test_fused_core_attention_equals_megatrons_computation(megatron_single, mask_kind):
     """Local specs use torch's fused attention: values and gradients equal megatron's DotProductAttention."""
+    from megatron.core.transformer.dot_product_attention import DotProductAttention
+
     from ecomvlm.data_modules.packing import block_causal_mask
-    from ecomvlm.recipes.models.sdpa_attention import SDPADotProductAttention, reference_attention
+    from ecomvlm.recipes.models.sdpa_attention import SDPADotProductAttention
 
     torch.manual_seed(0)
     core = _core_attention(DEC.build(ParallelConfig()))
@@ -109,7 +111,7 @@ def test_fused_core_attention_equals_megatrons_computation(megatron_single, mask
         mask = get_sliding_window_causal_mask(s, s, (4, 0))
     fused = core(q, *kv, mask)
     grads = torch.autograd.grad(fused.square().sum(), [q, *kv])
-    ref = reference_attention(core, q, *kv, mask)
+    ref = DotProductAttention.forward(core, q, *kv, mask)  # megatron's own computation, same module
     ref_grads = torch.autograd.grad(ref.square().sum(), [q, *kv])
     assert fused.shape == ref.shape == (s, b, DEC.num_attention_heads * d)
     torch.testing.assert_close(fused, ref, atol=1e-5, rtol=1e-4)

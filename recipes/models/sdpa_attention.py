@@ -12,7 +12,6 @@ RNG tracker, packed THD sequences) take megatron's own path unchanged.
 
 from __future__ import annotations
 
-import torch
 import torch.nn.functional as F
 from megatron.core.transformer.dot_product_attention import DotProductAttention
 from megatron.core.transformer.enums import AttnMaskType
@@ -53,8 +52,3 @@ def use_fused_attention(spec):
         raise TypeError(f"expected a local layer spec with megatron's DotProductAttention, got core attention {core}")
     attention.submodules.core_attention = SDPADotProductAttention
     return spec
-
-
-def reference_attention(module: SDPADotProductAttention, *args, **kwargs) -> torch.Tensor:
-    """megatron's own DotProductAttention computation on the same module (for parity checks)."""
-    return DotProductAttention.forward(module, *args, **kwargs)
