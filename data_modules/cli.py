@@ -14,7 +14,7 @@ def _synth(args: argparse.Namespace) -> int:
     from ecomvlm.data_modules.synth import SynthConfig, synthesize
 
     cfg = SynthConfig(out=Path(args.out), n=args.n, n_eval=args.n_eval, seed=args.seed,
-                      image_size=args.image_size, max_images=args.max_images)
+                      image_size=args.image_size, max_images=args.max_images, min_images=args.min_images)
     with Progress(console=Console(stderr=True), transient=True) as progress:
         task = progress.add_task("drawing items", total=cfg.n + cfg.n_eval)
         manifest = synthesize(cfg, progress=lambda done, total: progress.update(task, completed=done))
@@ -111,7 +111,9 @@ def register(sub) -> None:
     s.add_argument("--n-eval", type=int, default=50, help="held-out eval items (default 50)")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--image-size", type=int, default=192, help="square image side in pixels (default 192)")
-    s.add_argument("--max-images", type=int, default=6, help="images per item are drawn from 1..this (max 6)")
+    s.add_argument("--max-images", type=int, default=6,
+                   help="images per item are drawn from --min-images..this (max 6)")
+    s.add_argument("--min-images", type=int, default=1, help="the fewest images an item has (front, back, ...)")
     s.set_defaults(func=_synth)
     sh = dsub.add_parser("shards", help="LLaVA JSON/JSONL, LLaVA-OneVision parquet or a mixture YAML -> energon-ready "
                                         "WebDataset shards + manifest; --verify / --upgrade a shard folder",

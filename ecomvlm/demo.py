@@ -5,12 +5,16 @@ Phases (each timed; the table is printed at the end and stored in ``demo_result.
   1. synthesise e-commerce products (pictures with visible colour, category, brand, EAN, warnings) + LLaVA JSON
   2. a tiny ChatML tokenizer; shards for each stage (`ecomvlm data shards` underneath)
   3. the untrained tiny SigLIP x Qwen3-style model exported to HF and asked held-out colour / category questions
-  4. the three LLaVA-OneVision stages with the real recipe (Lightning + megatron-core, megatron distributed
+  4. item-intelligence data through the real `ecomvlm data item-intel` pipeline (scripted teacher and grounder on
+     loopback): multi-image products whose country of origin is printed too small to see in a full view, first
+     labels from the originals, grounding boxes, square crops, pHash dedup, better labels from originals + crops
+  5. the three LLaVA-OneVision stages with the real recipe (Lightning + megatron-core, megatron distributed
      checkpoints, each stage from the previous stage's checkpoint), then item-intelligence fine-tuning from stage 3
-  5. a tiny Gemma3-style complete VLM fine-tuned on the same item-intelligence shards through the NeMo AutoModel
-     backend (the recipe of Table 3's Gemma3 rows, `gemma3_4b_item_intel_ft`)
-  6. export (`ecomvlm export`), the same questions again, and `ecomvlm eval`: Table 1 (e-commerce sets) and Table 3
-     (item intelligence, rule judge) on held-out items, the composed and the complete VLM side by side
+     on first labels (originals), continued on better labels (originals + crops) (paper Table 3)
+  6. a tiny Gemma3-style complete VLM fine-tuned on the first-label shards through the NeMo AutoModel backend (the
+     recipe of Table 3's Gemma3 rows, `gemma3_4b_item_intel_ft`)
+  7. export (`ecomvlm export`), the same questions again, and `ecomvlm eval`: Table 1 (e-commerce sets) and Table 3
+     (item intelligence, rule judge; all images, and all images + crops at inference) on held-out items
 
 Everything runs in this one process (one import of torch / megatron / transformers, one tokenizer, shards made
 once). Tiny models start from random weights (no pretrained backbones can be downloaded), so the stages use a
@@ -35,25 +39,40 @@ from rich.table import Table
 console = Console(width=None if sys.stdout.isatty() else 120)  # logs and pipes: tables wide enough to read
 
 
+# The item-intelligence comparison (Table 3), measured in docs/ITEM_INTEL.md: products with ITEM_INTEL_IMAGES photos
+# (front, back), fine-tuned from stage 3 on first labels, then further on better labels. A tiny model learns the
+# crops' extra fact in far fewer steps when it can already read the rest, so the second run is the shorter one.
+ITEM_INTEL_ITEMS, ITEM_INTEL_IMAGES = 800, (2, 2)
+ITEM_INTEL_STEPS = {"item_intel_first": 500, "item_intel_better": 250}
+# rows of 640 tokens hold two first-label products (2 x ~290 tokens): 16 products a step, which the effect needs (at 8
+# the first-label run stalled at loss 0.12 and F1 33 in 500 steps)
+ITEM_INTEL_OVERRIDES = ("data.max_seq_length=640",)
+
+
 @dataclass(frozen=True)
 class DemoSize:
     items: int
     eval_items: int
+    item_intel_items: int  # products through the item-intelligence pipeline (+ item_intel_eval held out)
+    item_intel_eval: int
     steps: dict[str, int]  # per training run
     eval_limit: int  # records per Table-1 / Table-3 set
     eval_tokens: int
 
 
-FULL = DemoSize(items=800, eval_items=100, eval_limit=40, eval_tokens=48,
-                steps={"stage1_alignment": 60, "stage2_mid": 120, "stage3_sft": 700, "item_intel_ft": 300,
-                       "full_vlm": 60})
-QUICK = DemoSize(items=80, eval_items=20, eval_limit=6, eval_tokens=12,
-                 steps={"stage1_alignment": 6, "stage2_mid": 6, "stage3_sft": 12, "item_intel_ft": 4, "full_vlm": 3})
-# run name = recipe -> (shard folder, the run it starts from)
-RUNS = [("stage1_alignment", "stage1", None), ("stage2_mid", "stage2", "stage1_alignment"),
-        ("stage3_sft", "stage3", "stage2_mid"), ("item_intel_ft", "item_intel", "stage3_sft")]
-SOURCES = {"stage1": "stage1_captions", "stage2": "stage2_recap_ocr", "stage3": "stage3_instruct",
-           "item_intel": "item_intel_train"}
+FULL = DemoSize(items=800, eval_items=100, item_intel_items=ITEM_INTEL_ITEMS, item_intel_eval=40, eval_limit=40,
+                eval_tokens=48, steps={"stage1_alignment": 60, "stage2_mid": 120, "stage3_sft": 700,
+                                       **ITEM_INTEL_STEPS, "full_vlm": 60})
+QUICK = DemoSize(items=80, eval_items=20, item_intel_items=24, item_intel_eval=6, eval_limit=6, eval_tokens=12,
+                 steps={"stage1_alignment": 6, "stage2_mid": 6, "stage3_sft": 12, "item_intel_first": 4,
+                        "item_intel_better": 4, "full_vlm": 3})
+# (run name, recipe, shard folder, the run it starts from, overrides of COMMON)
+RUNS = [("stage1_alignment", "stage1_alignment", "stage1", None, ()),
+        ("stage2_mid", "stage2_mid", "stage2", "stage1_alignment", ()),
+        ("stage3_sft", "stage3_sft", "stage3", "stage2_mid", ()),
+        ("item_intel_first", "item_intel_ft", "item_intel_first", "stage3_sft", ITEM_INTEL_OVERRIDES),
+        ("item_intel_better", "item_intel_ft", "item_intel_better", "item_intel_first", ITEM_INTEL_OVERRIDES)]
+SOURCES = {"stage1": "stage1_captions", "stage2": "stage2_recap_ocr", "stage3": "stage3_instruct"}
 # data.num_workers=0: the 64-px images decode in microseconds, and loader workers cost start-up + shutdown per stage;
 # the whole global batch in one micro-batch: the same samples per step, fewer and larger matrix products on a CPU
 COMMON = ["model.encoder.image_size=64", "data.max_seq_length=512", "data.micro_batch_size=8",
@@ -91,8 +110,8 @@ class PhaseClock:
 
 
 def _item_intel_row(m: dict[str, Any]) -> dict[str, Any]:
-    return {"valid_json": 1 - m["unparsed"] / max(1, m["n"]), "f1": m["f1"], "precision": m.get("precision"),
-            "recall": m.get("recall")}
+    return {"n": m["n"], "valid_json": 1 - m["unparsed"] / max(1, m["n"]), "f1": m["f1"],
+            "precision": m.get("precision"), "recall": m.get("recall")}
 
 
 class Demo:
@@ -137,6 +156,25 @@ class Demo:
                                         image_root=self.data, samples_per_shard=500, workers=1, rebuild=True))
             console.print(f"shards/{name}: {m['samples']} samples in {len(m['shards'])} shards, skipped {m['skipped']}")
 
+    def item_intel_data(self) -> None:
+        """Products with small print -> first labels, grounding, square crops, dedup, better labels -> two shard
+        folders (data_modules/item_intel/demo.py; the teacher and grounder are scripted stand-ins on loopback)."""
+        from ecomvlm.data_modules.item_intel.demo import build_demo_sets
+
+        for old in ("item_intel", "item_intel_data"):
+            shutil.rmtree(self.workdir / old, ignore_errors=True)
+        self.ii = build_demo_sets(self.workdir, items=self.size.item_intel_items,
+                                  eval_items=self.size.item_intel_eval, min_images=ITEM_INTEL_IMAGES[0],
+                                  max_images=ITEM_INTEL_IMAGES[1])
+        s = self.ii["summary"]
+        ipi = s["images_per_item"]
+        console.print(f"item-intel pipeline: {self.size.item_intel_items} products, images per item "
+                      f"{ipi['originals']['median']:.0f} originals -> {ipi['after_dedup']['median']:.0f} with crops "
+                      f"after dedup (max {ipi['after_dedup']['max']}); facts per item: first labels "
+                      f"{s['first_facts_per_item']:.2f}, better labels {s['better_facts_per_item']:.2f}; grounding "
+                      f"box IoU {s['box_iou_mean']:.2f}")
+        self.results["item_intel_data"] = s
+
     def _ask(self, hf_dir: Path) -> dict[str, float]:
         """Held-out colour / category questions, scored by `ecomvlm eval`'s runner (aspect matching)."""
         from ecomvlm.eval.backends import HFBackend
@@ -169,20 +207,20 @@ class Demo:
         console.print(f"before training: colour accuracy {b['colour']:.2f}, category accuracy {b['category']:.2f} "
                       f"(chance: {1 / len(COLOURS):.2f} / 0.12)")
 
-    def train(self, recipe: str, shards: str, previous: str | None) -> str:
+    def train(self, name: str, recipe: str, shards: str, previous: str | None, extra: tuple[str, ...] = ()) -> str:
         from ecomvlm.recipes.config import load
         from ecomvlm.recipes.vlm_train import run
 
-        n = self.size.steps[recipe]
+        n = self.size.steps[name]
         over = [*self.base, f"recipe={recipe}", f"data.shards={self.workdir / 'shards' / shards}",
-                f"run.dir={self.workdir / 'runs' / recipe}", f"trainer.max_steps={n}", f"trainer.save_every={n}",
-                f"optim.warmup_steps={max(1, n // 10)}"]
+                f"run.dir={self.workdir / 'runs' / name}", f"trainer.max_steps={n}", f"trainer.save_every={n}",
+                f"optim.warmup_steps={max(1, n // 10)}", *extra]
         if previous:
             over.append(f"init.from_checkpoint={previous}")
         st = time.perf_counter()
         s = run(load("train", over))
-        self._stage_row(recipe, s, time.perf_counter() - st)
-        console.print(f"{recipe}: {len(s['losses'])} steps, loss {s['losses'][0]:.3f} -> {s['losses'][-1]:.3f}, "
+        self._stage_row(name, s, time.perf_counter() - st)
+        console.print(f"{name}: {len(s['losses'])} steps, loss {s['losses'][0]:.3f} -> {s['losses'][-1]:.3f}, "
                       f"checkpoint {s['final_checkpoint']}")
         return s["final_checkpoint"]
 
@@ -200,7 +238,7 @@ class Demo:
 
         destroy_distributed()  # AutoModel sets up its own process group and device mesh
         st = time.perf_counter()
-        hf = finetune_tiny_gemma3(self.workdir / "shards" / "item_intel", self.workdir / "tokenizer",
+        hf = finetune_tiny_gemma3(self.workdir / "shards" / "item_intel_first", self.workdir / "tokenizer",
                                   self.workdir / "runs" / "full_vlm", steps=self.size.steps["full_vlm"])
         summary = json.loads((self.workdir / "runs" / "full_vlm" / "run" / "summary.json").read_text())
         self._stage_row("full_vlm (AutoModel)", summary, time.perf_counter() - st)
@@ -222,6 +260,7 @@ class Demo:
 
     # ---- the run -------------------------------------------------------------------------------------------
     def run(self) -> int:
+        from ecomvlm.data_modules.item_intel.boxes import CropSettings
         from ecomvlm.eval.report import plot, tables_markdown
         from ecomvlm.eval.runner import ECOMMERCE, ITEM_INTEL
 
@@ -237,39 +276,68 @@ class Demo:
         console.rule("[bold]3. untrained model -> HF export -> held-out questions")
         with clock.phase("untrained: export + questions"):
             self.untrained()
-        console.rule("[bold]4. training: stage 1 -> 2 -> 3, then item-intelligence fine-tuning (Lightning + megatron)")
+        console.rule("[bold]4. item-intelligence data: teacher, grounding, square crops, pHash dedup, better labels")
+        with clock.phase("item-intel data (pipeline)"):
+            self.item_intel_data()
+        console.rule("[bold]5. training: stage 1 -> 2 -> 3, then item-intelligence fine-tuning on first labels, "
+                     "continued on better labels (Lightning + megatron)")
         ckpts: dict[str, str] = {}
-        for recipe, shards, previous in RUNS:
-            with clock.phase(f"train {recipe}"):
-                ckpts[recipe] = self.train(recipe, shards, ckpts.get(previous) if previous else None)
-        console.rule("[bold]5. a complete Gemma3-style VLM fine-tuned through NeMo AutoModel (FSDP2 backend)")
+        for name, recipe, shards, previous, extra in RUNS:
+            with clock.phase(f"train {name}"):
+                ckpts[name] = self.train(name, recipe, shards, ckpts.get(previous) if previous else None, extra)
+        console.rule("[bold]6. a complete Gemma3-style VLM fine-tuned through NeMo AutoModel (FSDP2 backend)")
         with clock.phase("train full_vlm (AutoModel)"):
             full_vlm = self.full_vlm()
-        console.rule("[bold]6. export (ecomvlm export), the same questions, ecomvlm eval (Tables 1 and 3)")
+        console.rule("[bold]7. export (ecomvlm export), the same questions, ecomvlm eval (Tables 1 and 3)")
         with clock.phase("export stage 3 + item-intel"):
             general = self.export(ckpts["stage3_sft"], "hf_stage3")
-            item_model = self.export(ckpts["item_intel_ft"], "hf_item_intel")
+            first = self.export(ckpts["item_intel_first"], "hf_item_intel_first")
+            better = self.export(ckpts["item_intel_better"], "hf_item_intel_better")
         with clock.phase("stage 3: questions"):
             self.results["after"] = self._ask(general)
-        evals = [("untrained", self.hf_untrained, ECOMMERCE),  # item intelligence: the stage-3 row is the baseline
-                 ("stage3", general, [*ECOMMERCE, ITEM_INTEL]), ("item_intel_ft", item_model, [ITEM_INTEL]),
-                 ("full_vlm_gemma3", full_vlm, [ITEM_INTEL])]
-        for label, d, sets in evals:
-            with clock.phase(f"eval {label}"):
-                self.evaluate(label, d, sets, self.data)
+        ii_data = Path(self.ii["data"])
+        crops = {"item_intel_boxes": self.ii["eval_boxes"],
+                 "crop": CropSettings(crop_size=self.ii["crop_size"], min_crop_px=self.ii["min_crop_px"])}
+        both = [ITEM_INTEL, f"{ITEM_INTEL}:crops"]
+        evals = [("untrained", self.hf_untrained, ECOMMERCE, self.data, {}),
+                 ("stage3", general, ECOMMERCE, self.data, {}),
+                 ("stage3", general, [ITEM_INTEL], ii_data, {}),  # the item-intelligence baseline
+                 ("item_intel_first", first, both, ii_data, crops),
+                 ("item_intel_better", better, both, ii_data, crops),
+                 ("full_vlm_gemma3", full_vlm, [ITEM_INTEL], ii_data, {})]
+        for label, d, sets, data_dir, kw in evals:
+            with clock.phase(f"eval {label}" + (" (item intel)" if data_dir == ii_data and label == "stage3" else "")):
+                self.evaluate(label, d, sets, data_dir, **kw)
         bench = self.results["benchmarks"]
         plot(bench, self.workdir / "eval" / "results.png")
         (self.workdir / "eval" / "table.md").write_text(tables_markdown(bench))
-        return self.report(general, item_model, full_vlm)
+        return self.report([general, first, better, full_vlm])
 
-    def report(self, general: Path, item_model: Path, full_vlm: Path) -> int:
-        from ecomvlm.eval.report import tables_markdown
+    def _item_intel_rows(self) -> dict[str, dict[str, Any]]:
+        """Table 3's rows as the demo compares them, each with how often the small-print fact (the country of
+        origin) was read right."""
+        from ecomvlm.data_modules.item_intel.report import field_accuracy
         from ecomvlm.eval.runner import ITEM_INTEL
 
+        bench = self.results["benchmarks"]
+        rows = {}
+        for key, label, bench_name in [("stage3", "stage3", ITEM_INTEL),
+                                       ("first_labels", "item_intel_first", ITEM_INTEL),
+                                       ("first_labels_crops", "item_intel_first", f"{ITEM_INTEL}:crops"),
+                                       ("better_labels", "item_intel_better", ITEM_INTEL),
+                                       ("better_labels_crops", "item_intel_better", f"{ITEM_INTEL}:crops"),
+                                       ("full_vlm", "full_vlm_gemma3", ITEM_INTEL)]:
+            path = self.workdir / "eval" / label / f"{bench_name.replace(':', '-')}.json"
+            preds = json.loads(path.read_text())["predictions"]
+            rows[key] = {**_item_intel_row(bench[label][bench_name]),
+                         "country": field_accuracy(preds, "origin_production.country_of_origin")}
+        return rows
+
+    def report(self, exports: list[Path]) -> int:
+        from ecomvlm.eval.report import tables_markdown
+
         r, bench = self.results, self.results["benchmarks"]
-        rows = {"stage3": bench["stage3"][ITEM_INTEL], "item_intel_ft": bench["item_intel_ft"][ITEM_INTEL],
-                "full_vlm": bench["full_vlm_gemma3"][ITEM_INTEL]}
-        r["item_intel"] = {k: _item_intel_row(m) for k, m in rows.items()}
+        r["item_intel"] = self._item_intel_rows()
         table = Table(title="training runs (tiny models, CPU)")
         for col in ("run", "steps", "first loss", "last loss", "tokens/s", "time"):
             table.add_column(col, justify="left" if col == "run" else "right")
@@ -283,25 +351,29 @@ class Demo:
         res.add_row("main colour (10 colours)", f"{r['before']['colour']:.2f}", f"{r['after']['colour']:.2f}")
         res.add_row("product category (8 kinds)", f"{r['before']['category']:.2f}", f"{r['after']['category']:.2f}")
         console.print(res)
-        n_ii = bench["stage3"][ITEM_INTEL]["n"]
-        ii = Table(title=f"multi-image item intelligence, Table-3 layout ({n_ii} held-out items, JSON answers, rule "
-                         f"judge)")
-        for col in ("model", "JSON", "F1", "precision", "recall"):
-            ii.add_column(col, justify="left" if col == "model" else "right")
-        described = {"stage3": "stage-3 model (tiny SigLIP x Qwen3, megatron)",
-                     "item_intel_ft": "+ item-intelligence fine-tuning (megatron)",
-                     "full_vlm": "tiny Gemma3 complete VLM, fine-tuned (AutoModel)"}
-        for key, model in described.items():
+        ii = Table(title=f"multi-image item intelligence, Table-3 layout ({r['item_intel']['stage3']['n']} held-out "
+                         f"products whose country of origin is printed too small for a full view; JSON answers, "
+                         f"rule judge)")
+        for col in ("model", "inference", "JSON", "F1", "precision", "recall", "country read"):
+            ii.add_column(col, justify="left" if col in ("model", "inference") else "right")
+        described = [("stage3", "stage-3 model (tiny SigLIP x Qwen3, megatron)", "all images"),
+                     ("first_labels", "+ fine-tuning, first labels (originals)", "all images"),
+                     ("first_labels_crops", "", "all images + crops"),
+                     ("better_labels", "+ continued on better labels (originals + crops)", "all images"),
+                     ("better_labels_crops", "", "all images + crops"),
+                     ("full_vlm", "tiny Gemma3 complete VLM, first labels (AutoModel)", "all images")]
+        for key, model, inference in described:
             m = r["item_intel"][key]
-            ii.add_row(model, f"{m['valid_json']:.2f}", f"{m['f1']:.1f}", f"{m['precision']:.1f}",
-                       f"{m['recall']:.1f}")
+            c = m["country"]
+            ii.add_row(model, inference, f"{m['valid_json']:.2f}", f"{m['f1']:.1f}", f"{m['precision']:.1f}",
+                       f"{m['recall']:.1f}", f"{c['correct']}/{c['in_reference']}")
         console.print(ii)
         console.print("[bold]ecomvlm eval on the held-out synthetic sets (paper Table 1 and Table 3 layouts)[/bold]")
         print(tables_markdown(bench), flush=True)
         console.print(self.clock.table())
         r["phases_s"] = self.clock.as_dict()
-        r["hf_dir"] = str(general)
-        console.print(f"HF exports: {general}, {item_model}, {full_vlm}; wall time {r['phases_s']['total']:.0f} s"
+        r["hf_dir"] = str(exports[0])
+        console.print(f"HF exports: {', '.join(map(str, exports))}; wall time {r['phases_s']['total']:.0f} s"
                       + (" (--quick: a smoke run of every phase; it is too short to learn anything)" if self.quick
                          else ""))
         (self.workdir / "demo_result.json").write_text(json.dumps(r, indent=2) + "\n")

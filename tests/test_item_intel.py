@@ -92,6 +92,46 @@ def test_small_print_regions_are_true_ink_boxes(small_print):
     assert json.loads((small_print / "manifest.json").read_text())["config"]["small_print"] == 0.035
 
 
+def test_print_codes_name_the_country_in_a_crop_and_shrink_to_a_speck_in_a_full_view(tmp_path):
+    """`print_codes` (the CPU demo's small print): the swatch's colour names the item's country, read back from the
+    photo's pixels; the swatch is below the scripted teacher's legibility in a full view and about 2 px in a 64 px
+    view of the photo, while the demo's crop square shows it at least 8x wider. The truth holds exactly the printed
+    facts."""
+    import numpy as np
+
+    from ecomvlm.data_modules.synth import COUNTRIES, Item, SynthConfig, synthesize
+    from ecomvlm.data_modules.synth.render import COUNTRY_COLOURS
+
+    out = tmp_path / "codes"
+    synthesize(SynthConfig(out=out, n=24, n_eval=0, seed=3, image_size=192, small_print=0.035, regions=True,
+                           print_codes=True, max_images=3))
+    cs = CropSettings(crop_size=64, min_crop_px=16)
+    read, countries = 0, set()
+    for row in _rows(out):
+        assert row["printed"] == ["country"]
+        for rel, regions in row["regions"].items():
+            photo = Image.open(out / rel).convert("RGB")
+            a = np.asarray(photo, dtype=int)
+            coded = [r for r in regions if r["kind"] != "brand"]
+            assert [r["kind"] for r in coded] == (["country"] if "front" not in rel else [])
+            for r in coded:
+                x0, y0, x1, y1 = r["box"]
+                assert (y1 - y0) * 96 / 192 < 4.0 and (x1 - x0) * 64 / 192 <= 2.5  # a speck in a full view
+                colour = tuple(a[(y0 + y1) // 2, (x0 + x1) // 2])
+                assert COUNTRIES[COUNTRY_COLOURS.index(colour)] == row["country"], (rel, r, colour)
+                countries.add(row["country"])
+                read += 1
+                [square], _ = crop_squares([r["box"]], *photo.size, cs)
+                assert (square[2] - square[0]) * 8 <= 192, (rel, square)
+        item = Item(**{k: v for k, v in row.items() if k in Item.__dataclass_fields__})
+        answer = item.item_intelligence_json()
+        assert set(answer) <= {"attributes", "origin_production"} and "size" not in answer["attributes"]
+        assert ("origin_production" in answer) == (len(row["images"]) > 1)
+    assert read >= 15 and len(countries) >= 4
+    with pytest.raises(ValueError, match="print-codes"):
+        synthesize(SynthConfig(out=tmp_path / "bad", n=1, n_eval=0, print_codes=True))
+
+
 # ------------------------------------------------------------------------------------------------ box parsing
 def test_smart_resize_frame_is_qwen25vl_rule():
     # 1000 x 500 photo -> Qwen2.5-VL's input 1008 x 504 (multiples of 28); 192 -> 196

@@ -316,3 +316,32 @@ def test_kill_minus_9_and_resume_give_the_same_output(data, tmp_path, function_e
     assert json.loads((work / "llava" / "better_kept.json").read_text())
     assert main(["data", "item-intel", "report", "--work", str(work), "--truth", str(data / "items.jsonl")]) == 0
     assert json.loads((work / "report.json").read_text())["accounting"]["better"]["balanced"]
+
+
+def test_demo_sets_with_print_codes_read_the_country_only_through_crops(tmp_path):
+    """build_demo_sets (the demo's data: print_codes swatches, scripted teacher and grounder over loopback): the
+    first labels never hold the country (its swatch is a speck in the full photo), the better labels hold it for
+    every item with a back or label photo, and no label holds a fact the stickers do not print."""
+    from ecomvlm.data_modules.item_intel.demo import build_demo_sets
+
+    got = build_demo_sets(tmp_path, items=16, eval_items=4, encoder_model=None)
+    assert got["summary"]["label_f1"]["better"] > got["summary"]["label_f1"]["first"]
+    rows = {json.loads(line)["item_id"]: json.loads(line)
+            for line in (tmp_path / "item_intel_data" / "items.jsonl").read_text().splitlines()}
+    with_print = 0
+    for kind in ("first", "better"):
+        for rec in json.loads(Path(got["llava_json"][kind]).read_text()):
+            row = rows[rec["id"].removesuffix("-ii")]
+            answer = json.loads(rec["conversations"][-1]["value"])
+            has_print = len(row["images"]) > 1  # front, then back, then label
+            size = answer["attributes"].get("size")
+            country = answer.get("origin_production", {}).get("country_of_origin")
+            assert "identifiers" not in answer and "regulatory_safety" not in answer
+            assert size is None
+            if kind == "first":
+                assert country is None, rec["id"]
+            elif has_print:
+                with_print += 1
+                assert country == row["country"], rec["id"]
+                assert any("crop_images" in p for p in rec["image"]), rec["image"]  # a crop survived dedup
+    assert with_print >= 5

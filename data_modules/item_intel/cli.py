@@ -239,7 +239,9 @@ def _synth(a: argparse.Namespace) -> int:
     if not a.out:
         raise ValueError("synth needs --out")
     m = synthesize(SynthConfig(out=Path(a.out), n=a.n, n_eval=a.n_eval, seed=a.seed, image_size=a.image_size,
-                               max_images=a.max_images_synth, small_print=a.small_print, regions=True))
+                               max_images=a.max_images_synth, min_images=a.min_images_synth,
+                               small_print=a.small_print, regions=True,
+                               print_codes=a.print_codes))
     files = write_pipeline_items(Path(a.out))
     print(json.dumps({"images": m["images"], "items": m["items"], "pipeline_items": {k: str(v) for k, v in
                                                                                       files.items()}}, indent=1))
@@ -262,8 +264,12 @@ def register(dsub) -> None:
             sp.add_argument("--seed", type=int, default=0)
             sp.add_argument("--image-size", type=int, default=192)
             sp.add_argument("--max-images", dest="max_images_synth", type=int, default=6)
+            sp.add_argument("--min-images", dest="min_images_synth", type=int, default=1)
             sp.add_argument("--small-print", type=float, default=0.035,
                             help="back/label text height as a share of the image side (0: the normal drawing)")
+            sp.add_argument("--print-codes", action="store_true",
+                            help="the small print shows the country of origin only, as a colour swatch a tiny "
+                                 "encoder can learn to name (the CPU demo's setting)")
         else:
             _common(sp)
         if name == "boxes":

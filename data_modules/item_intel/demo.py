@@ -37,17 +37,20 @@ def write_pipeline_items(root: Path) -> dict[str, Path]:
 
 
 def synth_for_demo(out: Path, n: int = 300, n_eval: int = 60, seed: int = 0, image_size: int = 192,
-                   small_print: float = 0.035, max_images: int = 3) -> dict[str, Any]:
+                   small_print: float = 0.035, max_images: int = 3, print_codes: bool = False,
+                   min_images: int = 1) -> dict[str, Any]:
     """A synthetic dataset whose back/label prints are too small to read in a view downscaled to 64 px (text of
     ``small_print * image_size`` pixels: 7 px at 192, 2.3 px at 64), with the true region boxes (items.jsonl
     `regions`). ``max_images=3``: front, back, label (+ their crops this stays within the tiny model's context)."""
     from ecomvlm.data_modules.synth import SynthConfig, synthesize
 
     return synthesize(SynthConfig(out=Path(out), n=n, n_eval=n_eval, seed=seed, image_size=image_size,
-                                  small_print=small_print, regions=True, max_images=max_images))
+                                  small_print=small_print, regions=True, max_images=max_images,
+                                  min_images=min_images, print_codes=print_codes))
 
 
-def build_item_intel_sets(data: Path, work: Path, *, crop_size: int = 64, partition_size: int = 100,
+def build_item_intel_sets(data: Path, work: Path, *, crop_size: int = 64, min_crop_px: int = 32,
+                          partition_size: int = 100,
                           teacher_view_px: int = 96, min_text_px: float = 4.0, grounder_noise: float = 0.08,
                           grounder_kinds: tuple[str, ...] | None = SMALL_PRINT_KINDS, phash_threshold: int = 8,
                           shards: bool = True, shards_dir: Path | None = None, samples_per_shard: int = 500,
@@ -83,7 +86,7 @@ def build_item_intel_sets(data: Path, work: Path, *, crop_size: int = 64, partit
     out: dict[str, Any] = {"sets": {}}
     with serve(teacher) as t_url, serve(grounder) as g_url:
         common = dict(partition_size=partition_size, convention=Convention("resized_pixels"),
-                      crop=CropSettings(crop_size=crop_size, min_crop_px=min(32, crop_size)),
+                      crop=CropSettings(crop_size=crop_size, min_crop_px=min(min_crop_px, crop_size)),
                       dedup=DedupSettings(phash_threshold),
                       teacher=Endpoint(t_url, "scripted-synthetic-truth-teacher", concurrency=4, backoff_s=0.05),
                       grounder=Endpoint(g_url, "scripted-noisy-grounder", concurrency=4, backoff_s=0.05))
@@ -111,8 +114,10 @@ def build_item_intel_sets(data: Path, work: Path, *, crop_size: int = 64, partit
 
 
 def build_demo_sets(workdir: Path, data_dir: Path | None = None, *, items: int = 300, eval_items: int = 40,
-                    image_size: int = 192, small_print: float = 0.035, max_images: int = 3, seed: int = 0,
-                    encoder_model: str | None = "tiny_siglip_qwen3", crop_size: int = 64,
+                    image_size: int = 192, small_print: float = 0.035, max_images: int = 3, min_images: int = 1,
+                    seed: int = 0,
+                    encoder_model: str | None = "tiny_siglip_qwen3", crop_size: int = 64, min_crop_px: int = 16,
+                    print_codes: bool = True,
                     progress: Callable[[str], None] | None = None) -> dict[str, Any]:
     """The demo's item-intelligence data, through the real pipeline with scripted teacher and grounder.
 
@@ -120,14 +125,15 @@ def build_demo_sets(workdir: Path, data_dir: Path | None = None, *, items: int =
     work to ``<workdir>/item_intel``, and two shard folders the ``item_intel_ft`` recipe trains on:
     ``<workdir>/shards/item_intel_first`` (first labels, originals) and ``<workdir>/shards/item_intel_better``
     (better labels, originals + crops). Images are stored at `encoder_model`'s input resolution (None: as they
-    are). Returns::
+    are). `print_codes`: the small print is the country as a colour swatch (render.py), which a tiny encoder can
+    learn to name; False draws the full text stickers (EAN digits, model numbers, warnings). Returns::
 
         {"data": eval --data folder (eval/item_intel.jsonl of the small-print items),
          "shards": {"first": folder name under <workdir>/shards, "better": ...},
          "llava_json": {"first": the LLaVA JSON of the first-label set, "better": ...},
          "shard_paths": {"first": path, "better": path},
          "eval_boxes": boxes file for --item-intel-boxes / evaluate(item_intel_boxes=...),
-         "crop_size": the crops' square side (evaluate(crop=CropSettings(crop_size=...))),
+         "crop_size", "min_crop_px": the crop settings (evaluate(crop=CropSettings(crop_size=.., min_crop_px=..))),
          "summary": {images per item, facts per item, label F1 of both sets, box IoU, seconds}}
     """
     import time
@@ -138,15 +144,15 @@ def build_demo_sets(workdir: Path, data_dir: Path | None = None, *, items: int =
     t0 = time.perf_counter()
     say(f"item-intel data: {items} + {eval_items} small-print items at {image_size} px")
     synth_for_demo(data, n=items, n_eval=eval_items, seed=seed, image_size=image_size, small_print=small_print,
-                   max_images=max_images)
+                   max_images=max_images, min_images=min_images, print_codes=print_codes)
     resize = None
     if encoder_model:
         from ecomvlm.data_modules.shards import resize_rule_for
 
         resize = resize_rule_for(encoder_model)
     names = ("item_intel_first", "item_intel_better")
-    out = build_item_intel_sets(data, workdir / "item_intel", crop_size=crop_size, shards_dir=workdir / "shards",
-                                resize=resize, names=names, progress=progress)
+    out = build_item_intel_sets(data, workdir / "item_intel", crop_size=crop_size, min_crop_px=min_crop_px,
+                                shards_dir=workdir / "shards", resize=resize, names=names, progress=progress)
     rep = out["report"]
     lab, q = rep.get("labels", {}), rep.get("label_quality", {})
     summary = {"images_per_item": {k: rep["images_per_item"][k] for k in ("originals", "originals_plus_square_crops",
@@ -159,4 +165,5 @@ def build_demo_sets(workdir: Path, data_dir: Path | None = None, *, items: int =
     return {"data": str(data), "shards": {"first": names[0], "better": names[1]},
             "shard_paths": {"first": out["sets"][names[0]]["shards"], "better": out["sets"][names[1]]["shards"]},
             "llava_json": {k: out["sets"][n]["llava_json"] for k, n in zip(("first", "better"), names)},
-            "eval_boxes": out.get("eval_boxes"), "crop_size": crop_size, "summary": summary}
+            "eval_boxes": out.get("eval_boxes"), "crop_size": crop_size, "min_crop_px": min_crop_px,
+            "summary": summary}

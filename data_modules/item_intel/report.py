@@ -238,3 +238,22 @@ def write_report(pipe: Pipeline, truth: Path | None = None, reference: Path | No
     (pipe.work / "report.json").write_text(json.dumps(rep, indent=1, default=str) + "\n")
     (pipe.work / "report.md").write_text(report_markdown(rep))
     return rep
+
+
+def field_accuracy(predictions: list[dict[str, Any]], field: str) -> dict[str, int]:
+    """How one schema field (dotted path, e.g. "origin_production.country_of_origin") fared in an item_intel result's
+    `predictions` (records with `prediction` text and the reference `answer`): items whose reference has it
+    (`in_reference`), items whose answer states it (`answered`), and answers equal to the reference after the
+    scorers' normalisation (`correct`)."""
+    from ecomvlm.eval.judge import flatten_facts
+    from ecomvlm.eval.scoring import normalize, parse_model_json
+
+    out = {"correct": 0, "answered": 0, "in_reference": 0}
+    for rec in predictions:
+        ref = {normalize(v) for k, v in flatten_facts(rec.get("answer") or {}) if k == field}
+        got = {normalize(v) for k, v in flatten_facts(parse_model_json(rec.get("prediction") or "") or {})
+               if k == field}
+        out["in_reference"] += bool(ref)
+        out["answered"] += bool(got)
+        out["correct"] += bool(ref) and got == ref
+    return out

@@ -22,6 +22,7 @@ from ecomvlm.data_modules.synth.items import (  # noqa: F401 - the universe is p
     APPAREL,
     BRANDS,
     CATEGORIES,
+    CODED_KINDS,
     COLOURS,
     COUNTRIES,
     NECKLINES,
@@ -54,14 +55,16 @@ class SynthConfig:
     n_eval: int = 50  # held-out items for eval sets (a different split: never the same pictures)
     seed: int = 0
     image_size: int = 192
-    max_images: int = 6  # 1..max_images images per item
+    max_images: int = 6  # min_images..max_images images per item
+    min_images: int = 1
     # item-intelligence options (off by default; the default output does not change):
     small_print: float = 0.0  # > 0: back/label prints drawn small (text height = this * image side), render.py
     regions: bool = False  # items.jsonl gets `regions`: the true boxes of the printed text regions per image
+    print_codes: bool = False  # with small_print: the country of origin only, as a colour swatch (render.py)
 
 
 # options added after format 1: recorded in manifest.json only when set, so default output stays byte-identical
-_OPTIONAL = {"small_print": 0.0, "regions": False}
+_OPTIONAL = {"small_print": 0.0, "regions": False, "print_codes": False, "min_images": 1}
 
 
 def synthesize(cfg: SynthConfig, progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
@@ -70,11 +73,15 @@ def synthesize(cfg: SynthConfig, progress: Callable[[int, int], None] | None = N
         raise ValueError(f"--n and --n-eval must be >= 0 (got {cfg.n}, {cfg.n_eval})")
     if not 1 <= cfg.max_images <= len(VIEW_ORDER):
         raise ValueError(f"--max-images must be in 1..{len(VIEW_ORDER)}, got {cfg.max_images}")
+    if not 1 <= cfg.min_images <= cfg.max_images:
+        raise ValueError(f"--min-images must be in 1..--max-images ({cfg.max_images}), got {cfg.min_images}")
     if cfg.image_size < 32:
         raise ValueError(f"--image-size must be >= 32 pixels for legible attributes, got {cfg.image_size}")
     if not 0.0 <= cfg.small_print <= 0.2:
         raise ValueError(f"--small-print is a text height as a fraction of the image side, in [0, 0.2]; got "
                          f"{cfg.small_print}")
+    if cfg.print_codes and not cfg.small_print:
+        raise ValueError("--print-codes draws the small print's colour codes: it needs --small-print > 0")
     out = Path(cfg.out)
     (out / "images").mkdir(parents=True, exist_ok=True)
     train: dict[str, list] = {}
@@ -85,8 +92,10 @@ def synthesize(cfg: SynthConfig, progress: Callable[[int, int], None] | None = N
     for split, count, sink, make in splits:
         for index in range(count):
             item = make_item(cfg.seed, split, index)
+            if cfg.print_codes:
+                item.printed = list(CODED_KINDS)
             rng = random.Random(f"ecomvlm-synth-render:{cfg.seed}:{split}:{index}")
-            n_img = rng.randint(1, cfg.max_images)
+            n_img = rng.randint(cfg.min_images, cfg.max_images)
             regions: dict[str, list] = {}
             for view in VIEW_ORDER[:n_img]:
                 rel = f"images/{item.item_id}_{view}.png"
@@ -99,6 +108,8 @@ def synthesize(cfg: SynthConfig, progress: Callable[[int, int], None] | None = N
             for name, recs in make(item, rng).items():
                 sink.setdefault(name, []).extend(recs)
             row = {"split": split, **asdict(item), "title": item.title}
+            if item.printed is None:  # the default rows stay as they were
+                del row["printed"]
             if cfg.regions:
                 row["image_size"] = [cfg.image_size, cfg.image_size]
                 row["regions"] = regions

@@ -76,6 +76,10 @@ SLEEVES = ["Short Sleeve", "Long Sleeve"]
 NECKLINES = {"T-Shirt": ["Crew Neck", "V-Neck"], "Shirt": ["Collar"]}
 VIEW_ORDER = ["front", "back", "label", "front_alt", "detail", "back_alt"]
 MODEL_LETTERS = "ABCDEFGHKLMNPRSTVXZ"
+# the kinds of printed region a picture can show (render.py records each with its true box)
+REGION_KINDS = ("brand", "size", "ean", "barcode", "country", "model", "certifications", "warning")
+# `print_codes` pictures: the back/label prints carry the country of origin only, as a colour swatch (render.py)
+CODED_KINDS = ("country",)
 
 
 def ean13_check_digit(first12: str) -> str:
@@ -105,6 +109,8 @@ class Item:
     sleeve: str | None = None
     neckline: str | None = None
     images: list[str] = field(default_factory=list)  # relative paths, VIEW_ORDER order
+    # the region kinds the back/label prints show (render.py); None: all of them (the default pictures)
+    printed: list[str] | None = None
 
     @property
     def title(self) -> str:
@@ -131,6 +137,7 @@ class Item:
         views = {Path(p).stem.split("_", 1)[1] for p in self.images}
         sees_back = bool(views & {"back", "back_alt", "label"})
         sees_label = "label" in views
+        shown = set(REGION_KINDS if self.printed is None else self.printed)
         out: dict[str, Any] = {
             "attributes": {
                 "product_type": self.department,
@@ -141,15 +148,19 @@ class Item:
         }
         ids: dict[str, Any] = {}
         if sees_back:
-            ids["barcodes"] = [{"value": self.ean}]
-            out["attributes"]["size"] = self.size
-            out["origin_production"] = {"country_of_origin": self.country}
+            if "ean" in shown:
+                ids["barcodes"] = [{"value": self.ean}]
+            if "size" in shown:
+                out["attributes"]["size"] = self.size
+            if "country" in shown:
+                out["origin_production"] = {"country_of_origin": self.country}
         if sees_label:
-            ids["model_number"] = self.model_number
+            if "model" in shown:
+                ids["model_number"] = self.model_number
             safety: dict[str, Any] = {}
-            if self.certifications:
+            if self.certifications and "certifications" in shown:
                 safety["certification_marks"] = list(self.certifications)
-            if self.warning:
+            if self.warning and "warning" in shown:
                 safety["hazard_statements"] = [{"text": self.warning}]
             if safety:
                 out["regulatory_safety"] = safety

@@ -1,11 +1,16 @@
 """Drawing an item's views. Coordinates are computed on a unit square and scaled, so every image size shows the
 same scene; Pillow's bundled font keeps pictures identical on every machine.
 
-Two options leave the default pictures untouched (byte-identical) and exist for the item-intelligence pipeline:
+These options leave the default pictures untouched (byte-identical) and exist for the item-intelligence pipeline:
 - ``regions``: a list that receives the true pixel box of every printed text region drawn (brand, size, EAN digits,
   barcode bars, country, model number, certification marks, warning label), with the fact it shows;
 - ``small_print``: draw the back and label prints small (text of ``small_print * side`` pixels) on compact stickers
-  at item-specific places, so that a view downscaled to an encoder's input cannot be read while a crop can.
+  at item-specific places, so that a view downscaled to an encoder's input cannot be read while a crop can;
+- ``print_codes`` (with ``small_print``): the stickers show only the country of origin, as a colour swatch no
+  taller than the small print's letters (one colour per country). A view downscaled to a 64 px encoder input
+  keeps the swatch as a speck of about 2 px inside one patch; the crop of the sticker shows it filling a third of
+  the encoder's input. A tiny encoder learns to name colours where it cannot learn to read letters of a few
+  pixels, so the CPU demo can show what crops add.
 """
 
 from __future__ import annotations
@@ -14,7 +19,7 @@ import random
 
 from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
-from ecomvlm.data_modules.synth.items import APPAREL, COLOURS, Item
+from ecomvlm.data_modules.synth.items import APPAREL, COLOURS, COUNTRIES, Item
 
 
 def _font(px: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
@@ -154,9 +159,29 @@ def _wrap2(text: str, limit: int = 20) -> list[str]:
     return [text[:cut], text[cut + 1:]]
 
 
+# `print_codes`: one swatch colour per country of origin
+COUNTRY_COLOURS = ((215, 40, 40), (40, 165, 60), (40, 70, 220), (240, 210, 40), (200, 50, 200), (40, 200, 210))
+
+
+def _coded_sticker(d: ImageDraw.ImageDraw, item: Item, view: str, s: int, px: int, regions: list | None) -> None:
+    """`print_codes` stickers: the country's colour swatch, `px` - 1 square (no taller than the small print's
+    letters), on a small white sticker at an item- and view-specific place."""
+    place = random.Random(f"ecomvlm-synth-small:{item.item_id}:{view}")
+    h, pad = max(2, px - 1), max(2, round(px * 0.45))
+    side = h + 2 * pad
+    x0 = round(place.uniform(0.04 * s, max(0.04 * s, 0.96 * s - side)))
+    y0 = round(place.uniform(0.04 * s, max(0.04 * s, 0.96 * s - side)))
+    d.rectangle([x0, y0, x0 + side, y0 + side], fill=(255, 255, 255), outline=(90, 90, 90))
+    x, top = x0 + pad, y0 + pad
+    d.rectangle([x, top, x + h - 1, top + h - 1], fill=COUNTRY_COLOURS[COUNTRIES.index(item.country)])
+    _region(regions, "country", f"MADE IN {item.country.upper()}", (x, top, x + h, top + h), s)
+
+
 def _small_sticker(d: ImageDraw.ImageDraw, item: Item, view: str, s: int, frac: float, regions: list | None) -> None:
     """The prints of a back/label view, small, on a white sticker at an item- and view-specific place."""
     px = max(6, round(s * frac))
+    if item.printed is not None:
+        return _coded_sticker(d, item, view, s, px, regions)
     place = random.Random(f"ecomvlm-synth-small:{item.item_id}:{view}")
     font = _font(px)
     lh = px * 1.35  # line pitch
