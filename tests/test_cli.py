@@ -32,3 +32,17 @@ def test_export_of_a_missing_checkpoint_names_it(tmp_path, capsys):
 def test_unknown_recipe_is_a_one_line_error(capsys):
     assert main(["train", "no_such_recipe", "data.shards=x"]) == 2
     assert "no_such_recipe" in capsys.readouterr().err
+
+
+def test_item_intel_synth_with_print_codes_and_min_images(tmp_path, capsys):
+    """The demo's item-intelligence data from the command line: every item has front + back, the truth holds the
+    printed country only, and a minimum above the maximum is a one-line error."""
+    out = tmp_path / "ii"
+    assert main(["data", "item-intel", "synth", "--out", str(out), "--n", "4", "--n-eval", "1", "--min-images", "2",
+                 "--max-images", "2", "--print-codes"]) == 0
+    rows = [json.loads(line) for line in (out / "items.jsonl").read_text().splitlines()]
+    assert all(len(r["images"]) == 2 and r["printed"] == ["country"] for r in rows)
+    config = json.loads((out / "manifest.json").read_text())["config"]
+    assert config["print_codes"] is True and config["min_images"] == 2
+    assert main(["data", "synth", "--out", str(tmp_path / "bad"), "--min-images", "3", "--max-images", "2"]) == 2
+    assert "--min-images must be in 1..--max-images (2)" in capsys.readouterr().err
