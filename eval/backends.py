@@ -303,15 +303,19 @@ class VLLMBackend:
     def generate(self, prompts, images, *, max_new_tokens=64, json_schema=None, temperature=0.0, seed=0,
                  system=None):
         convs = [chat_messages(p, ims, system) for p, ims in zip(prompts, images)]
-        params = _sampling(max_new_tokens, temperature, seed, json_schema)
+        texts, self.last_latencies, _ = self.chat(convs, _sampling(max_new_tokens, temperature, seed, json_schema))
+        return [t.strip() for t in texts]
+
+    def chat(self, convs: list[list[dict[str, Any]]], params: dict[str, Any]
+             ) -> tuple[list[str], list[float], list[list[int]]]:
+        """OpenAI-format conversations (``image_url`` parts may be data URLs) answered together: texts, latencies
+        and [prompt, completion] token counts. ``params``: max_tokens, temperature, seed, json_schema."""
         if self._proc is not None:
             reply = self._call({"op": "generate", "convs": convs, "params": params})
-            self.last_latencies = reply["latencies"]
-            return [t.strip() for t in reply["texts"]]
+            return reply["texts"], reply["latencies"], reply.get("tokens") or [[0, 0]] * len(convs)
         from ecomvlm.eval.vllm_worker import generate as worker_generate
 
-        texts, self.last_latencies = worker_generate(self.llm, convs, params)
-        return [t.strip() for t in texts]
+        return worker_generate(self.llm, convs, params)
 
 
 def _torch_device() -> dict[str, Any]:

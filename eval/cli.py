@@ -163,16 +163,9 @@ def _eval(args: argparse.Namespace) -> int:
         if "ecommmmu" in benches:
             public_options["ecommmmu"] = {"subset": args.ecommmmu_subset, "images": args.ecommmmu_images,
                                           "max_images": args.ecommmmu_max_images}
-        engine_kwargs = {}
-        for spec in args.vllm_engine_arg or []:
-            key, sep, raw = spec.partition("=")
-            if not sep or not key:
-                raise ValueError(f"--vllm-engine-arg {spec!r}: write KEY=VALUE (VALUE as JSON, e.g. dtype=float32 or "
-                                 f"enforce_eager=true)")
-            try:
-                engine_kwargs[key] = json.loads(raw)
-            except json.JSONDecodeError:
-                engine_kwargs[key] = raw
+        from ecomvlm.eval.engine_client import parse_engine_args
+
+        engine_kwargs = parse_engine_args(args.vllm_engine_arg)
         for spec in args.model:
             label, sep, model = spec.partition("=")
             if not sep:

@@ -4,7 +4,7 @@ process for engines that live in another Python environment (`--vllm-python`, e.
 Worker protocol: one JSON object per line on stdin, one reply per line on the original stdout (vLLM's own output
 is sent to stderr so it cannot break the protocol):
   {"op": "start", "engine": {LLM kwargs}}          -> {"info": {"vllm": version, "torch": ..., "device": ...}}
-  {"op": "generate", "convs": [...], "params": {}} -> {"texts": [...], "latencies": [...]}
+  {"op": "generate", "convs": [...], "params": {}} -> {"texts": [...], "latencies": [...], "tokens": [[p, c], ...]}
   {"op": "stop"}                                   -> {"ok": true}
 Failures answer {"error": "..."}. Standard library + vLLM only: this file is run by a Python without ecomvlm.
 """
@@ -36,13 +36,15 @@ def sampling_params(params: dict[str, Any]):
     return SamplingParams(**kw)
 
 
-def generate(llm, convs: list[list[dict[str, Any]]], params: dict[str, Any]) -> tuple[list[str], list[float]]:
-    """Texts and per-conversation latencies: the engine answers a call's conversations together, so each one's
-    latency is the call's wall time (from submission to the answers)."""
+def generate(llm, convs: list[list[dict[str, Any]]], params: dict[str, Any]
+             ) -> tuple[list[str], list[float], list[list[int]]]:
+    """Texts, per-conversation latencies and [prompt, completion] token counts: the engine answers a call's
+    conversations together, so each one's latency is the call's wall time (from submission to the answers)."""
     t0 = time.perf_counter()
     outs = llm.chat(convs, sampling_params(params), use_tqdm=False)
     wall = time.perf_counter() - t0
-    return [o.outputs[0].text for o in outs], [wall] * len(outs)
+    tokens = [[len(o.prompt_token_ids or []), len(o.outputs[0].token_ids or [])] for o in outs]
+    return [o.outputs[0].text for o in outs], [wall] * len(outs), tokens
 
 
 def _info() -> dict[str, Any]:
@@ -79,8 +81,8 @@ def main() -> int:
             elif msg["op"] == "generate":
                 if llm is None:
                     raise RuntimeError("generate before start")
-                texts, latencies = generate(llm, msg["convs"], msg["params"])
-                reply = {"texts": texts, "latencies": latencies}
+                texts, latencies, tokens = generate(llm, msg["convs"], msg["params"])
+                reply = {"texts": texts, "latencies": latencies, "tokens": tokens}
             elif msg["op"] == "stop":
                 out.write(json.dumps({"ok": True}) + "\n")
                 return 0

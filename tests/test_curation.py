@@ -257,3 +257,82 @@ def test_demo_curation_gives_clean_stage3_json(tmp_path):
     assert all(record_problem(r) is None and Path(r["image"]).is_file() for r in recs)
     assert (tmp_path / "work" / "export" / "shards" / "manifest.json").is_file()
     assert took < 60
+
+
+# ------------------------------------------------------------------ offline vLLM engines (endpoint kind "vllm")
+class ScriptedEngine:
+    """``vllm.LLM.chat``'s contract (OpenAI-format conversations in, texts out) answered from the synthetic truth by
+    the scripted curation endpoints; records each call's size. ``fail_on``: a text whose conversation makes the
+    call raise, as vLLM does for a prompt longer than max_model_len."""
+
+    def __init__(self, truth: dict, fail_on: str | None = None) -> None:
+        self.endpoints, self.fail_on, self.calls = ScriptedEndpoints(truth), fail_on, []
+
+    def chat(self, convs, params):
+        self.calls.append(len(convs))
+        if self.fail_on and any(self.fail_on in json.dumps(c) for c in convs):
+            raise ValueError("prompt is longer than the maximum model length")
+        texts = []
+        for conv in convs:
+            body = {"messages": conv, **({"response_format": {"type": "json_schema"}} if params["json_schema"] else {})}
+            status, content, _ = self.endpoints.respond(body)
+            assert status == 200, content
+            texts.append(content)
+        return texts, [0.0] * len(convs), [[12, 5]] * len(convs)
+
+
+def test_offline_engine_endpoints_batch_and_give_the_servers_result(tmp_path, monkeypatch):
+    """kind=vllm: the stages' requests reach the engine in batched calls (at most `concurrency` each), the verified
+    aspects are exactly the truth's, and a call that fails for one listing fails only that listing."""
+    from ecomvlm.eval import engine_client
+
+    raw = make_raw_listings(tmp_path / "raw", n=70, seed=3, image_size=64, bad=False)
+    truth = read_truth(raw["truth"])
+    poison = next(t for t in truth.values() if t["expect"] == "written")["mpn"]  # this listing's verify call fails
+    engines = {"cap-engine": ScriptedEngine(truth), "ver-engine": ScriptedEngine(truth, fail_on=poison)}
+    started = []
+
+    def shared_engine(model, *, python=None, max_images=1, engine=None):
+        started.append((model, max_images, engine))
+        return engines[model]
+
+    monkeypatch.setattr(engine_client, "shared_engine", shared_engine)
+    common = {"kind": "vllm", "concurrency": 16, "engine": {"max_model_len": 4096}}
+    cfg = CurateConfig(work=tmp_path / "w", inputs=[Path(raw["raw"])], image_root=Path(raw["image_root"]),
+                       captioner=EndpointSpec(model="cap-engine", max_images=1, **common),
+                       verifier=EndpointSpec(model="ver-engine", max_images=0, **common),
+                       partition_size=30, shards=False)
+    rep = run_all(cfg)["export"]
+
+    cap = engines["cap-engine"].calls
+    assert sum(cap) == rep["stages"]["caption"]["input"] == len(truth)
+    assert max(cap) <= 16 and len(cap) <= len(truth) // 4  # batched, never above the configured size
+    assert {("cap-engine", 1), ("ver-engine", 0)} == {(m, n) for m, n, e in started if e == {"max_model_len": 4096}}
+    ver = rep["stages"]["verify"]
+    assert ver["fates"] == {"written": len(truth) - 1 - ver["fates"].get("dropped:no_visible_aspect", 0),
+                            **({"dropped:no_visible_aspect": ver["fates"]["dropped:no_visible_aspect"]}
+                               if "dropped:no_visible_aspect" in ver["fates"] else {}), "failed:engine": 1}
+    assert ver["counters"]["verifier:engine_calls_split"] == 1
+    verified = dict(StageRun("verify", cfg.work, None).outputs())
+    for t in truth.values():
+        if t["expect"] == "written" and t["mpn"] != poison:
+            assert dict(map(tuple, verified[t["id"]]["visible"])) == t["visible"], t["id"]
+
+    # a re-run asks the engines nothing (finished partitions are skipped); a fresh work folder with the same cache
+    # asks only the failed listing again
+    n_cap, n_ver = sum(cap), sum(engines["ver-engine"].calls)
+    run_all(cfg)
+    assert sum(cap) == n_cap and sum(engines["ver-engine"].calls) == n_ver
+    for name in STAGES[1:]:
+        shutil.rmtree(cfg.work / name, ignore_errors=True)
+    run_all(cfg)
+    assert sum(cap) == n_cap and sum(engines["ver-engine"].calls) == n_ver + 1
+
+
+def test_engine_endpoint_settings_are_checked():
+    with pytest.raises(ValueError, match="no base_url"):
+        EndpointSpec(kind="vllm", model="m", base_url="http://x:8000/v1")
+    with pytest.raises(ValueError, match="openai .* or vllm"):
+        EndpointSpec(kind="tgi", model="m", base_url="http://x")
+    with pytest.raises(ValueError, match="no such interpreter"):
+        EndpointSpec(kind="vllm", model="m", python="/nonexistent/python")

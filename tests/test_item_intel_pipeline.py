@@ -345,3 +345,66 @@ def test_demo_sets_with_print_codes_read_the_country_only_through_crops(tmp_path
                 assert country == row["country"], rec["id"]
                 assert any("crop_images" in p for p in rec["image"]), rec["image"]  # a crop survived dedup
     assert with_print >= 5
+
+
+class RespondEngine:
+    """``vllm.LLM.chat``'s contract answered by a scripted endpoint's ``respond(body)`` (the same stand-ins as over
+    HTTP); records each call's size."""
+
+    def __init__(self, model: str, respond) -> None:
+        self.model, self.respond, self.calls = model, respond, []
+
+    def chat(self, convs, params):
+        self.calls.append(len(convs))
+        texts = []
+        for conv in convs:
+            body = {"model": self.model, "messages": conv, "max_tokens": params["max_tokens"]}
+            if params["json_schema"] is not None:
+                body["response_format"] = {"type": "json_schema", "json_schema": {"schema": params["json_schema"]}}
+            status, content = self.respond(body)[:2]
+            assert status == 200, content
+            texts.append(content)
+        return texts, [0.0] * len(convs), [[10, 5]] * len(convs)
+
+
+def test_offline_engines_label_like_the_endpoints(data, tmp_path, function_endpoint, monkeypatch):
+    """--teacher-engine vllm / --grounder-engine vllm (the shared engine client of eval/engine_client.py): the same
+    labels as over HTTP, the requests gathered into engine calls, the engines sized from the CLI."""
+    from ecomvlm.data_modules.item_intel.cli import main as ii_main
+    from ecomvlm.eval import engine_client
+
+    url, handler = function_endpoint
+    world = SyntheticWorld.load(data)
+    teacher, grounder = SyntheticTruthTeacher(world, view_px=96), SyntheticNoisyGrounder(world,
+                                                                                         convention="resized_pixels")
+    _serve_both(handler, teacher, grounder)
+    items = data / "pipeline_items_train.jsonl"
+    over_http = Pipeline(_config(tmp_path / "http", url, items))
+    over_http.run()
+
+    engines = {"teacher-dir": RespondEngine("teacher", teacher), "grounder-dir": RespondEngine("grounder", grounder)}
+    started = {}
+
+    def shared_engine(model, *, python=None, max_images=1, engine=None):
+        started[model] = (max_images, engine)
+        return engines[model]
+
+    monkeypatch.setattr(engine_client, "shared_engine", shared_engine)
+    work = tmp_path / "engine"
+    argv = ["item-intel", "all", "--items", str(items), "--work", str(work), "--partition-size", "4",
+            "--teacher-engine", "vllm", "--teacher-model", "teacher-dir", "--teacher-concurrency", "8",
+            "--grounder-engine", "vllm", "--grounder-model", "grounder-dir", "--crop-size", "64",
+            "--vllm-engine-arg", "max_model_len=16384", "--no-finish"]
+    assert ii_main(argv) == 0
+    assert started == {"teacher-dir": (16, {"max_model_len": 16384}), "grounder-dir": (1, {"max_model_len": 16384})}
+    engine_pipe = Pipeline(_config(work, url, None))
+    for stage in ("annotate", "reannotate"):
+        got, want = engine_pipe.outputs(stage), over_http.outputs(stage)
+        assert got.keys() == want.keys() and len(got) == 10
+        assert [got[k]["label"] for k in sorted(got)] == [want[k]["label"] for k in sorted(want)], stage
+    # batched: 10 items per stage in calls of at most --teacher-concurrency, never one call per item
+    assert max(engines["teacher-dir"].calls) <= 8 and len(engines["teacher-dir"].calls) < 20
+
+    with pytest.raises(ValueError, match="no --teacher-url"):
+        ii_main(["item-intel", "annotate", "--items", str(items), "--work", str(tmp_path / "x"),
+                 "--teacher-engine", "vllm", "--teacher-model", "m", "--teacher-url", "http://x:1/v1"])

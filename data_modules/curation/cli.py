@@ -7,6 +7,7 @@ skips its finished partitions, and under a SLURM array (SLURM_ARRAY_TASK_ID/COUN
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 
 EXAMPLES = """examples:
@@ -14,6 +15,11 @@ EXAMPLES = """examples:
   ecomvlm data curate run raw/listings.jsonl --work work/cur \\
       --captioner-url http://gpu1:8000/v1 --captioner-model OpenGVLab/InternVL2_5-26B \\
       --verifier-url http://gpu2:8000/v1 --verifier-model mistralai/Mistral-Small-3.1-24B-Instruct-2503
+  # no server: offline vLLM engines inside the worker (one per process; on a GPU node, one worker per engine)
+  ecomvlm data curate run raw/listings.jsonl --work work/cur --concurrency 256 \
+      --captioner-engine vllm --captioner-model /models/InternVL2_5-26B \
+      --verifier-engine vllm --verifier-model /models/Mistral-Small-3.1-24B-Instruct-2503 \
+      --vllm-engine-arg tensor_parallel_size=2
   # one stage, other shares, 2 worker processes
   ecomvlm data curate generate --work work/cur --shares vqa=40,dae=35,pif=12.5,listing=12.5 --workers 2
   # a stage as a SLURM array of 32 tasks (each takes partitions i % 32 == task id), then the next one after it
@@ -46,9 +52,28 @@ def config_from_args(args: argparse.Namespace):
     from ecomvlm.data_modules.curation.endpoints import EndpointSpec
     from ecomvlm.data_modules.curation.images import ImageRules
     from ecomvlm.data_modules.curation.pipeline import CurateConfig
+    from ecomvlm.eval.engine_client import parse_engine_args
+
+    try:
+        engine_kwargs = parse_engine_args(args.vllm_engine_arg)
+    except ValueError as e:
+        raise SystemExit(f"curate: {e}") from None
 
     def endpoint(which: str):
         url, model = getattr(args, f"{which}_url"), getattr(args, f"{which}_model")
+        kind = getattr(args, f"{which}_engine")
+        if kind == "vllm":
+            if url:
+                raise SystemExit(f"--{which}-engine vllm runs the model in the worker: drop --{which}-url (or use "
+                                 f"--{which}-engine openai for a server)")
+            if not model:
+                raise SystemExit(f"--{which}-engine vllm needs --{which}-model (a model folder or Hub name)")
+            try:
+                return EndpointSpec(kind="vllm", model=model, concurrency=args.concurrency,
+                                    python=args.vllm_python, engine=engine_kwargs,
+                                    max_images=1 if which == "captioner" else 0)
+            except ValueError as e:
+                raise SystemExit(f"--{which}-engine vllm: {e}") from None
         if not url and not model:
             return None
         if not url or not model:
@@ -158,10 +183,20 @@ def register(dsub) -> None:
     for which, what in (("captioner", "the VLM that captions the main image"),
                         ("verifier", "the LLM that verifies aspects against the caption")):
         cur.add_argument(f"--{which}-url", default=None, help=f"OpenAI-compatible base URL of {what}")
-        cur.add_argument(f"--{which}-model", default=None, help=f"served model name of {what}")
+        cur.add_argument(f"--{which}-model", default=None, help=f"served model name of {what} (with --{which}-"
+                                                                f"engine vllm: its folder or Hub name)")
+        cur.add_argument(f"--{which}-engine", choices=["openai", "vllm"], default="openai",
+                         help=f"openai: a server at --{which}-url; vllm: an offline vLLM engine in each worker")
         cur.add_argument(f"--{which}-key-env", default="OPENAI_API_KEY",
                          help="environment variable holding its API key (read in the workers, never logged)")
-    cur.add_argument("--concurrency", type=int, default=32, help="requests in flight per worker process")
+    cur.add_argument("--concurrency", type=int, default=32, help="requests in flight per worker process (vllm "
+                                                                 "engines: conversations per engine call)")
+    cur.add_argument("--vllm-python", default=os.environ.get("ECOMVLM_VLLM_PYTHON"),
+                     help="engine vllm: run the engine under this Python (an env with vLLM, e.g. .venv-vllm/bin/"
+                          "python); default: import vLLM here (env ECOMVLM_VLLM_PYTHON)")
+    cur.add_argument("--vllm-engine-arg", action="append", default=[], metavar="KEY=VALUE",
+                     help="engine vllm: a vllm.LLM argument, VALUE as JSON (e.g. max_model_len=8192, "
+                          "tensor_parallel_size=2)")
     cur.add_argument("--timeout", type=float, default=120.0, help="seconds per request")
     cur.add_argument("--retries", type=int, default=4, help="retries of timeouts / 429 / 5xx (with backoff)")
     cur.add_argument("--caption-prompt", default="caption", help="a prompt file or built-in name_version")

