@@ -73,7 +73,12 @@ $(VLLM_VENV)/.installed:
 	  || { echo "error: torchvision still fails to import in $(VLLM_VENV); see the comment above this target" >&2; exit 1; }
 	@touch $@
 
-vllm-cpu-env: $(VLLM_VENV)/.installed
+# our vLLM plugin (eval/vllm_plugin: LLaVA-OneVision multi-image prompts as transformers processes them), editable
+$(VLLM_VENV)/.plugin: $(VLLM_VENV)/.installed eval/vllm_plugin/pyproject.toml
+	$(VLLM_VENV)/bin/python -m pip install --quiet --no-deps --no-build-isolation -e eval/vllm_plugin
+	@touch $@
+
+vllm-cpu-env: $(VLLM_VENV)/.installed $(VLLM_VENV)/.plugin
 
 # NeMo-Run (ecomvlm launch --executor nemo-run, launcher/nemorun.py) in its own environment: nemo_run 0.11 pins
 # urllib3, anyio, httpx and packaging below .venv's (aistore needs urllib3>=2.8, lightning packaging<25).

@@ -8,12 +8,16 @@ Phases (each timed; the table is printed at the end and stored in ``demo_result.
   4. item-intelligence data through the real `ecomvlm data item-intel` pipeline (scripted teacher and grounder on
      loopback): multi-image products whose country of origin is printed too small to see in a full view, first
      labels from the originals, grounding boxes, square crops, pHash dedup, better labels from originals + crops
-  5. the three LLaVA-OneVision stages with the real recipe (Lightning + megatron-core, megatron distributed
-     checkpoints, each stage from the previous stage's checkpoint), then item-intelligence fine-tuning from stage 3
-     on first labels (originals), continued on better labels (originals + crops) (paper Table 3)
-  6. a tiny Gemma3-style complete VLM fine-tuned on the first-label shards through the NeMo AutoModel backend (the
+  5. curated stage-3 data through the real `ecomvlm data curate` pipeline (scripted captioner and verifier on
+     loopback): synthetic raw listings whose seller aspects mix what the photo shows with what it cannot (size,
+     material, MPN, sometimes a wrong colour); once with visual verification, once trusting the seller (the ablation)
+  6. the three LLaVA-OneVision stages with the real recipe (Lightning + megatron-core, megatron distributed
+     checkpoints, each stage from the previous stage's checkpoint); stage 3 continued on the verified curated set
+     and, beside it, on the seller's aspects (Table-1 columns); item-intelligence fine-tuning from stage 3 on first
+     labels (originals), continued on better labels (originals + crops) (paper Table 3)
+  7. a tiny Gemma3-style complete VLM fine-tuned on the first-label shards through the NeMo AutoModel backend (the
      recipe of Table 3's Gemma3 rows, `gemma3_4b_item_intel_ft`)
-  7. export (`ecomvlm export`), the same questions again, and `ecomvlm eval`: Table 1 (e-commerce sets) and Table 3
+  8. export (`ecomvlm export`), the same questions again, and `ecomvlm eval`: Table 1 (e-commerce sets) and Table 3
      (item intelligence, rule judge; all images, and all images + crops at inference) on held-out items
 
 Everything runs in this one process (one import of torch / megatron / transformers, one tokenizer, shards made
@@ -47,6 +51,10 @@ ITEM_INTEL_STEPS = {"item_intel_first": 500, "item_intel_better": 250}
 # rows of 640 tokens hold two first-label products (2 x ~290 tokens): 16 products a step, which the effect needs (at 8
 # the first-label run stalled at loss 0.12 and F1 33 in 500 steps)
 ITEM_INTEL_OVERRIDES = ("data.max_seq_length=640",)
+# Curated stage-3 data (issue 16): listings through `ecomvlm data curate`, verified and as the seller listed them
+# (the ablation); stage 3 is continued on each for the same steps, and both are scored on the Table-1 sets
+CURATED_LISTINGS, CURATED_STEPS = 800, 200
+CURATED_SHARDS = {"curated_verified": "model", "curated_seller_aspects": "trust_seller"}
 
 
 @dataclass(frozen=True)
@@ -55,21 +63,25 @@ class DemoSize:
     eval_items: int
     item_intel_items: int  # products through the item-intelligence pipeline (+ item_intel_eval held out)
     item_intel_eval: int
+    curated_listings: int  # raw listings through the curation pipeline (twice: verified, seller's aspects)
     steps: dict[str, int]  # per training run
     eval_limit: int  # records per Table-1 / Table-3 set
     eval_tokens: int
 
 
 FULL = DemoSize(items=800, eval_items=100, item_intel_items=ITEM_INTEL_ITEMS, item_intel_eval=40, eval_limit=40,
-                eval_tokens=48, steps={"stage1_alignment": 60, "stage2_mid": 120, "stage3_sft": 700,
-                                       **ITEM_INTEL_STEPS, "full_vlm": 60})
+                eval_tokens=48, curated_listings=CURATED_LISTINGS,
+                steps={"stage1_alignment": 60, "stage2_mid": 120, "stage3_sft": 700,
+                       **{name: CURATED_STEPS for name in CURATED_SHARDS}, **ITEM_INTEL_STEPS, "full_vlm": 60})
 QUICK = DemoSize(items=80, eval_items=20, item_intel_items=24, item_intel_eval=6, eval_limit=6, eval_tokens=12,
-                 steps={"stage1_alignment": 6, "stage2_mid": 6, "stage3_sft": 12, "item_intel_first": 4,
-                        "item_intel_better": 4, "full_vlm": 3})
+                 curated_listings=30,
+                 steps={"stage1_alignment": 6, "stage2_mid": 6, "stage3_sft": 12, "curated_verified": 4,
+                        "curated_seller_aspects": 4, "item_intel_first": 4, "item_intel_better": 4, "full_vlm": 3})
 # (run name, recipe, shard folder, the run it starts from, overrides of COMMON)
 RUNS = [("stage1_alignment", "stage1_alignment", "stage1", None, ()),
         ("stage2_mid", "stage2_mid", "stage2", "stage1_alignment", ()),
         ("stage3_sft", "stage3_sft", "stage3", "stage2_mid", ()),
+        *((name, "stage3_sft", name, "stage3_sft", ()) for name in CURATED_SHARDS),
         ("item_intel_first", "item_intel_ft", "item_intel_first", "stage3_sft", ITEM_INTEL_OVERRIDES),
         ("item_intel_better", "item_intel_ft", "item_intel_better", "item_intel_first", ITEM_INTEL_OVERRIDES)]
 SOURCES = {"stage1": "stage1_captions", "stage2": "stage2_recap_ocr", "stage3": "stage3_instruct"}
@@ -126,6 +138,7 @@ class Demo:
         self.quick, self.size = quick, QUICK if quick else FULL
         self.clock = PhaseClock()
         self.results: dict[str, Any] = {"quick": quick}
+        self.shard_dirs: dict[str, Path] = {}  # shard folders outside <workdir>/shards (the curated sets)
 
     # ---- phases ------------------------------------------------------------------------------------------
     def imports(self) -> None:
@@ -179,6 +192,28 @@ class Demo:
                       f"box IoU {s['box_iou_mean']:.2f}")
         self.results["item_intel_data"] = s
 
+    def curated_data(self) -> None:
+        """Synthetic raw listings -> clean -> main image -> caption -> verify -> four instruction families -> shards
+        (data_modules/curation), once verified and once trusting the seller's aspects."""
+        from ecomvlm.data_modules.curation.demo import curate_demo_sets
+
+        shutil.rmtree(self.workdir / "curation", ignore_errors=True)
+        sets = curate_demo_sets(self.workdir / "curation_data", self.workdir / "curation",
+                                n=self.size.curated_listings, seed=1, image_size=64)
+        summary = {}
+        for name, mode in CURATED_SHARDS.items():
+            rep = sets[mode]["report"]
+            self.shard_dirs[name] = sets[mode]["shards"]
+            st = rep["stages"]
+            summary[name] = {"listings": st["ingest"]["input"], "instructions": rep["instructions"]["train"],
+                             "aspects_kept": sum(v["visible"] for v in rep["verified_aspect_rate"].values()),
+                             "aspects_judged": sum(v["aspects"] for v in rep["verified_aspect_rate"].values()),
+                             "families": {f: v["n"] for f, v in rep["instructions"]["families"].items()}}
+            console.print(f"curation ({mode}): {summary[name]['listings']} listings -> "
+                          f"{summary[name]['instructions']} instructions; aspects kept {summary[name]['aspects_kept']}"
+                          f" of {summary[name]['aspects_judged']}")
+        self.results["curated_data"] = summary
+
     def _ask(self, hf_dir: Path) -> dict[str, float]:
         """Held-out colour / category questions, scored by `ecomvlm eval`'s runner (aspect matching)."""
         from ecomvlm.eval.backends import HFBackend
@@ -216,7 +251,8 @@ class Demo:
         from ecomvlm.recipes.vlm_train import run
 
         n = self.size.steps[name]
-        over = [*self.base, f"recipe={recipe}", f"data.shards={self.workdir / 'shards' / shards}",
+        shard_dir = self.shard_dirs.get(shards, self.workdir / "shards" / shards)
+        over = [*self.base, f"recipe={recipe}", f"data.shards={shard_dir}",
                 f"run.dir={self.workdir / 'runs' / name}", f"trainer.max_steps={n}", f"trainer.save_every={n}",
                 f"optim.warmup_steps={max(1, n // 10)}", *extra]
         if previous:
@@ -283,20 +319,26 @@ class Demo:
         console.rule("[bold]4. item-intelligence data: teacher, grounding, square crops, pHash dedup, better labels")
         with clock.phase("item-intel data (pipeline)"):
             self.item_intel_data()
-        console.rule("[bold]5. training: stage 1 -> 2 -> 3, then item-intelligence fine-tuning on first labels, "
-                     "continued on better labels (Lightning + megatron)")
+        console.rule("[bold]5. curated stage-3 data: raw listings, caption, visual verification (and the ablation "
+                     "without it), four instruction families")
+        with clock.phase("curated data (pipeline)"):
+            self.curated_data()
+        console.rule("[bold]6. training: stage 1 -> 2 -> 3, stage 3 continued on the curated sets, then "
+                     "item-intelligence fine-tuning on first labels, continued on better labels (Lightning + "
+                     "megatron)")
         ckpts: dict[str, str] = {}
         for name, recipe, shards, previous, extra in RUNS:
             with clock.phase(f"train {name}"):
                 ckpts[name] = self.train(name, recipe, shards, ckpts.get(previous) if previous else None, extra)
-        console.rule("[bold]6. a complete Gemma3-style VLM fine-tuned through NeMo AutoModel (FSDP2 backend)")
+        console.rule("[bold]7. a complete Gemma3-style VLM fine-tuned through NeMo AutoModel (FSDP2 backend)")
         with clock.phase("train full_vlm (AutoModel)"):
             full_vlm = self.full_vlm()
-        console.rule("[bold]7. export (ecomvlm export), the same questions, ecomvlm eval (Tables 1 and 3)")
+        console.rule("[bold]8. export (ecomvlm export), the same questions, ecomvlm eval (Tables 1 and 3)")
         with clock.phase("export stage 3 + item-intel"):
             general = self.export(ckpts["stage3_sft"], "hf_stage3")
             first = self.export(ckpts["item_intel_first"], "hf_item_intel_first")
             better = self.export(ckpts["item_intel_better"], "hf_item_intel_better")
+            curated = {name: self.export(ckpts[name], f"hf_{name}") for name in CURATED_SHARDS}
         with clock.phase("stage 3: questions"):
             self.results["after"] = self._ask(general)
         ii_data = Path(self.ii["data"])
@@ -306,6 +348,7 @@ class Demo:
         evals = [("untrained", self.hf_untrained, ECOMMERCE, self.data, {}),
                  ("stage3", general, ECOMMERCE, self.data, {}),
                  ("stage3", general, [ITEM_INTEL], ii_data, {}),  # the item-intelligence baseline
+                 *((name, d, ECOMMERCE, self.data, {}) for name, d in curated.items()),
                  ("item_intel_first", first, both, ii_data, crops),
                  ("item_intel_better", better, both, ii_data, crops),
                  ("full_vlm_gemma3", full_vlm, [ITEM_INTEL], ii_data, {})]
@@ -315,7 +358,7 @@ class Demo:
         bench = self.results["benchmarks"]
         plot(bench, self.workdir / "eval" / "results.png")
         (self.workdir / "eval" / "table.md").write_text(tables_markdown(bench))
-        return self.report([general, first, better, full_vlm])
+        return self.report([general, *curated.values(), first, better, full_vlm])
 
     def _item_intel_rows(self) -> dict[str, dict[str, Any]]:
         """Table 3's rows as the demo compares them, each with how often the small-print fact (the country of
@@ -337,6 +380,27 @@ class Demo:
                          "country": field_accuracy(preds, "origin_production.country_of_origin")}
         return rows
 
+    def _curated_table(self) -> Table:
+        """Table-1 columns of stage 3 and of its continuations on the curated sets (verified vs seller's aspects)."""
+        from ecomvlm.eval.report import TABLES
+
+        bench, cur = self.results["benchmarks"], self.results["curated_data"]
+        cols = TABLES["table1"][1]
+        t = Table(title="stage-3 data: visual verification (curated synthetic listings, Table-1 columns, held-out "
+                        f"products, {self.size.eval_limit} per set)")
+        t.add_column("model", justify="left")
+        for name, _, _ in cols:
+            t.add_column(name, justify="right")
+        t.add_column("mean", justify="right")
+        rows = [("stage3", f"stage 3, hand-made instructions ({self.size.steps['stage3_sft']} steps)")]
+        rows += [(name, f"+ {self.size.steps[name]} steps on {cur[name]['instructions']} instructions, "
+                        + ("verified aspects" if mode == "model" else "the seller's aspects (no verification)"))
+                 for name, mode in CURATED_SHARDS.items()]
+        for label, text in rows:
+            vals = [bench[label][b][m] for _, b, m in cols]
+            t.add_row(text, *(f"{v:.1f}" for v in vals), f"{sum(vals) / len(vals):.1f}")
+        return t
+
     def report(self, exports: list[Path]) -> int:
         from ecomvlm.eval.report import tables_markdown
 
@@ -355,6 +419,7 @@ class Demo:
         res.add_row("main colour (10 colours)", f"{r['before']['colour']:.2f}", f"{r['after']['colour']:.2f}")
         res.add_row("product category (8 kinds)", f"{r['before']['category']:.2f}", f"{r['after']['category']:.2f}")
         console.print(res)
+        console.print(self._curated_table())
         ii = Table(title=f"multi-image item intelligence, Table-3 layout ({r['item_intel']['stage3']['n']} held-out "
                          f"products whose country of origin is printed too small for a full view; JSON answers, "
                          f"rule judge)")

@@ -336,3 +336,27 @@ def test_engine_endpoint_settings_are_checked():
         EndpointSpec(kind="tgi", model="m", base_url="http://x")
     with pytest.raises(ValueError, match="no such interpreter"):
         EndpointSpec(kind="vllm", model="m", python="/nonexistent/python")
+
+
+def test_trust_seller_ablation_keeps_what_verification_removes(tmp_path, scripted, raw_listings):
+    """verify=trust_seller (the no-verification ablation, --trust-seller-aspects): no verifier is asked, every cleaned
+    aspect is kept, so the wrong colours and the invisible MPN / size / material reach the instructions; the verified
+    run of the same listings never has them."""
+    url, handler, endpoints = scripted
+    truth = read_truth(raw_listings["truth"])
+    cfg = _config(tmp_path / "trust", raw_listings, url, shards=False, verify="trust_seller")
+    cfg.verifier = None
+    rep = run_all(cfg)["export"]
+    assert endpoints.calls["verify"] == 0
+    trusted = dict(StageRun("verify", cfg.work, None).outputs())
+    cleaned = dict(StageRun("clean", cfg.work, None).outputs())
+    assert trusted and all(set(v["verdicts"].values()) == {"trusted"} for v in trusted.values())
+    assert all(v["visible"] == cleaned[k]["aspects"] for k, v in trusted.items())
+    assert rep["stages"]["verify"]["fates"] == {"written": rep["stages"]["verify"]["input"]}
+    wrong_colour = [t["id"] for t in truth.values() if t["id"] in trusted and "Colour" not in t["visible"]
+                    and t["expect"] == "written"]
+    assert wrong_colour  # the seller's wrong colour is kept as a fact
+    train = json.loads((cfg.work / "export" / "stage3_curated.json").read_text())
+    assert any(truth[r["id"].rsplit("-", 1)[0]]["mpn"] in json.dumps(r["conversations"]) for r in train)
+    with pytest.raises(ValueError, match="model or trust_seller"):
+        _config(tmp_path / "x", raw_listings, url, verify="maybe")

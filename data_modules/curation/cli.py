@@ -101,7 +101,8 @@ def config_from_args(args: argparse.Namespace):
                             image_rules=ImageRules(min_side=args.min_side),
                             max_image_side=args.max_image_side or None, field_map=_pairs(args.field, "--field"),
                             cache=not args.no_cache, shards=not args.no_shards,
-                            samples_per_shard=args.samples_per_shard)
+                            samples_per_shard=args.samples_per_shard,
+                            verify="trust_seller" if args.trust_seller_aspects else "model")
     except ValueError as e:
         raise SystemExit(f"ecomvlm data curate: {e}") from None
 
@@ -211,6 +212,9 @@ def register(dsub) -> None:
     cur.add_argument("--min-side", type=int, default=64, help="drop main images with a shorter side below this")
     cur.add_argument("--max-image-side", type=int, default=1024, help="shrink the image sent to the captioner "
                                                                       "(0: send it as it is)")
+    cur.add_argument("--trust-seller-aspects", action="store_true",
+                     help="the ablation without visual verification: verify takes every cleaned seller aspect as "
+                          "visible and calls no verifier (compare a stage-3 run on it with one on the verified set)")
     cur.add_argument("--no-cache", action="store_true", help="do not keep endpoint answers under <work>/cache")
     cur.add_argument("--no-shards", action="store_true", help="export: LLaVA JSON only")
     cur.add_argument("--samples-per-shard", type=int, default=1000)

@@ -83,9 +83,14 @@ class CurateConfig:
     cache: bool = True
     shards: bool = True
     samples_per_shard: int = 1000
+    # model: the verifier judges each aspect against the caption (the paper); trust_seller: the ablation that takes
+    # every cleaned seller aspect as visible (no verifier needed), to measure what verification is worth
+    verify: str = "model"
 
     def __post_init__(self) -> None:
         self.work = Path(self.work)
+        if self.verify not in ("model", "trust_seller"):
+            raise ValueError(f"verify must be model or trust_seller, got {self.verify!r}")
         self.inputs = [Path(p) for p in self.inputs]
         bad = [f for f in self.shares if f not in gen.FAMILIES]
         if bad:
@@ -405,25 +410,42 @@ def verify_process(records: list[dict[str, Any]], settings: dict[str, Any]) -> I
         else:
             counters["cache_hits"] += 1
         verdicts = {n: g["verdict"] for n, g in zip(names, value["aspects"])}
-        cat = gen.leaf(rec["category"]) or "(none)"
-        for v in verdicts.values():
-            counters[f"verdict:{v}"] += 1
-        counters[f"aspects_judged:{cat}"] += len(verdicts)
-        visible = [[n, v] for n, v in rec["aspects"] if verdicts[n] == "visible"]
-        counters[f"aspects_visible:{cat}"] += len(visible)
-        if not visible:
-            return Fate.dropped(lid, "no_visible_aspect", f"{len(names)} aspects, none visible in the caption")
-        out = {**rec, "verdicts": verdicts, "visible": visible,
-               "prompts": {**rec.get("prompts", {}), "verify": prompt.meta()},
-               "models": {**rec.get("models", {}), "verifier": spec.model}}
-        return Fate.written(lid, out)
+        return _with_verdicts(rec, verdicts, counters, prompt.meta(), spec.model)
 
     yield from drive(records, lambda: Backends({"verifier": spec}), work, spec.concurrency, counters)
+
+
+def _with_verdicts(rec: dict[str, Any], verdicts: dict[str, str], counters: Counter,
+                   prompt_meta: dict[str, Any] | None, model: str | None, keep: tuple[str, ...] = ("visible",)) -> Fate:
+    cat = gen.leaf(rec["category"]) or "(none)"
+    for v in verdicts.values():
+        counters[f"verdict:{v}"] += 1
+    counters[f"aspects_judged:{cat}"] += len(verdicts)
+    visible = [[n, v] for n, v in rec["aspects"] if verdicts[n] in keep]
+    counters[f"aspects_visible:{cat}"] += len(visible)
+    if not visible:
+        return Fate.dropped(rec["id"], "no_visible_aspect", f"{len(verdicts)} aspects, none visible in the caption")
+    out = {**rec, "verdicts": verdicts, "visible": visible}
+    if model is not None:
+        out.update(prompts={**rec.get("prompts", {}), "verify": prompt_meta},
+                   models={**rec.get("models", {}), "verifier": model})
+    return Fate.written(rec["id"], out)
+
+
+def trust_seller_process(records: list[dict[str, Any]], settings: dict[str, Any]) -> Iterator[Fate]:
+    """The ablation without visual verification: every cleaned seller aspect counts as visible (verdict
+    ``trusted``), as a pipeline that trains on listings as sellers wrote them would."""
+    counters = settings["_counters"]
+    for rec in records:
+        yield _with_verdicts(rec, {n: "trusted" for n, _ in rec["aspects"]}, counters, None, None,
+                             keep=("trusted",))
 
 
 def run_verify(cfg: CurateConfig, progress=None) -> dict[str, Any]:
     _need(cfg, "caption", "verify")
     records = [out for _, out in stage_outputs(cfg, "caption")]
+    if cfg.verify == "trust_seller":
+        return _run(cfg, "verify", trust_seller_process, {"verify": "trust_seller"}, records, progress)
     settings, runtime = _endpoint_settings(cfg, "verifier")
     settings["runtime"] = Runtime(**runtime)
     return _run(cfg, "verify", verify_process, settings, records, progress)

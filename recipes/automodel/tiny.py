@@ -56,15 +56,16 @@ def _tokenizer(chat_format: str, specials: dict[str, str], image_text: str, corp
 def tiny_gemma3(out: str | Path, *, corpus: Iterable[str] | None = None, image_size: int = 32, patch_size: int = 8,
                 tokens_per_image: int = 4, vocab_size: int = 512, seed: int = 0, hidden_size: int = 64,
                 num_layers: int = 2, vision_hidden_size: int = 32, vision_layers: int = 2,
-                tokenizer_dir: str | Path | None = None) -> Path:
+                tokenizer_dir: str | Path | None = None, heads: int | None = None) -> Path:
     """Gemma3ForConditionalGeneration + Gemma3Processor (SigLIP tower, pooled image tokens, local and global
     attention layers). ``tokenizer_dir``: start from that saved tiny tokenizer and its chat template (the demo's)
-    instead of a Gemma3-format one."""
+    instead of a Gemma3-format one. ``heads``: decoder attention heads (default hidden_size / 16; vLLM's CPU
+    attention needs a head size of 32 or more)."""
     from transformers import Gemma3Config, Gemma3ForConditionalGeneration, Gemma3Processor
     from transformers.models.gemma3.image_processing_gemma3 import Gemma3ImageProcessor
 
     tok = _tokenizer("gemma3", GEMMA3_TOKENS, GEMMA3_TOKENS["boi_token"], corpus, vocab_size, tokenizer_dir)
-    heads = max(2, hidden_size // 16)
+    heads = heads or max(2, hidden_size // 16)
     image_processor = Gemma3ImageProcessor(size={"height": image_size, "width": image_size},
                                            image_mean=[0.5] * 3, image_std=[0.5] * 3)
     processor = Gemma3Processor(image_processor=image_processor, tokenizer=tok, chat_template=tok.chat_template,
