@@ -386,15 +386,16 @@ class Demo:
 
         bench, cur = self.results["benchmarks"], self.results["curated_data"]
         cols = TABLES["table1"][1]
-        t = Table(title="stage-3 data: visual verification (curated synthetic listings, Table-1 columns, held-out "
-                        f"products, {self.size.eval_limit} per set)")
-        t.add_column("model", justify="left")
+        t = Table(title="stage-3 data: visual verification (stage 3 continued on curated synthetic listings, "
+                        f"{cur['curated_verified']['instructions']} / {cur['curated_seller_aspects']['instructions']} "
+                        f"instructions; Table-1 columns, {self.size.eval_limit} held-out products per set)")
+        t.add_column("model", justify="left", no_wrap=True)
         for name, _, _ in cols:
             t.add_column(name, justify="right")
         t.add_column("mean", justify="right")
-        rows = [("stage3", f"stage 3, hand-made instructions ({self.size.steps['stage3_sft']} steps)")]
-        rows += [(name, f"+ {self.size.steps[name]} steps on {cur[name]['instructions']} instructions, "
-                        + ("verified aspects" if mode == "model" else "the seller's aspects (no verification)"))
+        rows = [("stage3", f"stage 3, hand-made ({self.size.steps['stage3_sft']} steps)")]
+        rows += [(name, f"+ {self.size.steps[name]} steps, "
+                        + ("verified aspects" if mode == "model" else "seller's aspects"))
                  for name, mode in CURATED_SHARDS.items()]
         for label, text in rows:
             vals = [bench[label][b][m] for _, b, m in cols]

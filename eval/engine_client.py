@@ -26,6 +26,10 @@ from typing import Any
 from ecomvlm.eval.openai_client import AsyncChatClient, CallResult
 
 _ENGINES: dict[str, Any] = {}
+
+
+class EngineStartError(RuntimeError):
+    """The offline engine could not be started (no vLLM here, a missing model folder, an engine that died)."""
 _ENGINES_LOCK = threading.Lock()
 
 
@@ -115,9 +119,15 @@ class EngineChatClient(AsyncChatClient):
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="vllm-engine-call")
         loop = asyncio.get_running_loop()
         if self._engine is None:
-            self._engine = await loop.run_in_executor(
-                self._pool, lambda: shared_engine(self.model, python=self.python, max_images=self.max_images,
-                                                  engine=self.engine_kwargs))
+            try:
+                self._engine = await loop.run_in_executor(
+                    self._pool, lambda: shared_engine(self.model, python=self.python, max_images=self.max_images,
+                                                      engine=self.engine_kwargs))
+            except Exception as e:
+                self._pool.shutdown(wait=False)
+                raise EngineStartError(f"could not start the vLLM engine for {self.model!r}: {type(e).__name__}: "
+                                       f"{e}. Give --vllm-python an interpreter with vLLM, or serve the model "
+                                       f"(`vllm serve`) and pass its URL instead of the engine") from e
         self._wake = asyncio.Event()
         self._batcher = loop.create_task(self._run_batches())
         return self

@@ -360,3 +360,17 @@ def test_trust_seller_ablation_keeps_what_verification_removes(tmp_path, scripte
     assert any(truth[r["id"].rsplit("-", 1)[0]]["mpn"] in json.dumps(r["conversations"]) for r in train)
     with pytest.raises(ValueError, match="model or trust_seller"):
         _config(tmp_path / "x", raw_listings, url, verify="maybe")
+
+
+def test_engine_that_cannot_start_is_a_clear_error(tmp_path, raw_listings, monkeypatch):
+    from ecomvlm.cli import main
+    from ecomvlm.eval import engine_client
+
+    def no_vllm(model, **kw):
+        raise ImportError("no module named vllm")
+
+    monkeypatch.setattr(engine_client, "shared_engine", no_vllm)
+    with pytest.raises(SystemExit, match="could not start the vLLM engine for 'cap-dir'.*no module named vllm"):
+        main(["data", "curate", "run", raw_listings["raw"], "--work", str(tmp_path / "w"), "--image-root",
+              raw_listings["image_root"], "--captioner-engine", "vllm", "--captioner-model", "cap-dir",
+              "--verifier-engine", "vllm", "--verifier-model", "ver-dir", "--no-shards"])

@@ -122,6 +122,7 @@ def _curate(args: argparse.Namespace) -> int:
     from rich.progress import Progress
 
     from ecomvlm.data_modules.curation import pipeline as pl
+    from ecomvlm.eval.engine_client import EngineStartError
 
     cfg = config_from_args(args)
     console = Console(stderr=True)
@@ -152,7 +153,7 @@ def _curate(args: argparse.Namespace) -> int:
     except pl.StageNotReady as e:
         console.print(f"[red]{e}[/red]")
         return 2
-    except (FileNotFoundError, ValueError) as e:
+    except (FileNotFoundError, ValueError, EngineStartError) as e:
         raise SystemExit(f"ecomvlm data curate {stage}: {e}") from None
     for name, rep in reports.items():
         if name != "export":

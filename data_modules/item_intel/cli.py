@@ -199,6 +199,7 @@ def _run(a: argparse.Namespace) -> int:
     from rich.console import Console
 
     from ecomvlm.data_modules.item_intel.pipeline import STAGES, Pipeline, StageNotReady
+    from ecomvlm.eval.engine_client import EngineStartError
 
     console = Console(stderr=True)
     if a.stage == "synth":
@@ -248,7 +249,7 @@ def _run(a: argparse.Namespace) -> int:
 
             rep = write_report(pipe, Path(a.truth) if a.truth else None, Path(a.reference) if a.reference else None)
             print(report_markdown(rep), end="")
-    except StageNotReady as e:
+    except (StageNotReady, EngineStartError) as e:
         console.print(f"[red]{e}[/red]")
         return 2
     return 0
