@@ -146,6 +146,9 @@ def test_result_loads_in_transformers_with_the_trained_weights(gemma3_run, am_in
     files = sorted(hf.glob("*.safetensors"))
     saved = {k: v for f in files for k, v in load_file(f).items()}
     assert len(saved) >= len([n for n in trained if "lm_head" not in n])
+    # the published tensor names (vLLM's Gemma3 loader needs them; transformers reads both, as loaded above)
+    tower = [k for k in saved if "vision_tower." in k]
+    assert tower and all("vision_tower.vision_model." in k for k in tower)
     AutoProcessor.from_pretrained(hf)  # the processor and chat template travel with the result
 
 

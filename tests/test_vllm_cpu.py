@@ -10,9 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
-import subprocess
-import time
 from collections import Counter
 from pathlib import Path
 
@@ -22,12 +19,6 @@ pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[1]
 VLLM_PYTHON = Path(os.environ.get("ECOMVLM_VLLM_PYTHON", REPO / ".venv-vllm" / "bin" / "python"))
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -52,36 +43,24 @@ def tiny_text_model(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def vllm_server(tiny_text_model):
-    model_dir = tiny_text_model
-    port = _free_port()
-    log = open(model_dir / "server.log", "w")
-    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen(
-        [str(VLLM_PYTHON), "-m", "vllm.entrypoints.openai.api_server", "--model", str(model_dir),
-         "--served-model-name", "tiny-judge", "--port", str(port), "--enforce-eager", "--max-model-len", "4096",
-         "--dtype", "float32", "--structured-outputs-config",
-         '{"backend": "xgrammar", "disable_any_whitespace": true}'],
-        stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-    url = f"http://127.0.0.1:{port}/v1"
-    import httpx
+def vllm_server(tiny_text_model, monkeypatch_module):
+    import sys
 
-    deadline = time.time() + 600
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            pytest.fail(f"vLLM server exited with {proc.returncode}:\n{(model_dir / 'server.log').read_text()[-3000:]}")
-        try:
-            if httpx.get(f"{url}/models", timeout=2).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        time.sleep(2)
-    else:
-        proc.kill()
-        pytest.fail("vLLM server did not come up within 600 s")
-    yield url
-    os.killpg(proc.pid, 15)
-    proc.wait(timeout=60)
+    sys.path.insert(0, str(REPO / "tests"))
+    from fixtures.vllm_server import vllm_server as serve
+
+    monkeypatch_module.setenv("OMP_NUM_THREADS", "1")
+    with serve(VLLM_PYTHON, tiny_text_model, "tiny-judge", tiny_text_model / "server.log",
+               ["--max-model-len", "4096", "--structured-outputs-config",
+                '{"backend": "xgrammar", "disable_any_whitespace": true}']) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def monkeypatch_module():
+    mp = pytest.MonkeyPatch()
+    yield mp
+    mp.undo()
 
 
 REF = {"attributes": {"product_type": "Toys", "brand_name": "Acme", "colors": ["Red"]},

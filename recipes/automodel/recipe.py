@@ -315,7 +315,11 @@ class AutoModelRecipe:
 
     def complete_result(self, result: Path) -> None:
         """What AutoModel's consolidated folder may lack for ``from_pretrained``: the processor files (AutoModel
-        saves them only when AutoProcessor works) and remote code (``*.py`` the config's auto_map names)."""
+        saves them only when AutoProcessor works) and remote code (``*.py`` the config's auto_map names); and the
+        published weight names vLLM loads (vllm_layout.py)."""
+        from ecomvlm.recipes.automodel.vllm_layout import write_published_layout
+
+        write_published_layout(result)
         src = Path(self.model_path)
         for f in src.iterdir():
             if f.is_file() and not (result / f.name).exists() and (
