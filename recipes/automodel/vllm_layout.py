@@ -33,6 +33,8 @@ def write_published_layout(hf_dir: str | Path) -> int:
     from safetensors.torch import save_file
 
     hf_dir = Path(hf_dir)
+    if not (hf_dir / "config.json").is_file():  # a LoRA adapter folder: its base model keeps its own names
+        return 0
     model_type = json.loads((hf_dir / "config.json").read_text()).get("model_type")
     rules = PUBLISHED_PREFIXES.get(model_type)
     if not rules:
