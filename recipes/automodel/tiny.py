@@ -104,9 +104,19 @@ def _qwen_image_processor(kind: str, patch_size: int, max_pixels: int, min_pixel
                                  image_mean=[0.5] * 3, image_std=[0.5] * 3)
 
 
+def _mrope_section(head_dim: int) -> list[int]:
+    """mRoPE's (temporal, height, width) split of the rotary half of a head, in Qwen's proportions (16/24/24 of 64
+    at head size 128): the sections must add up to head_dim / 2."""
+    half = head_dim // 2
+    temporal = half // 4
+    height = (half - temporal) // 2
+    return [temporal, height, half - temporal - height]
+
+
 def tiny_qwen2_5_vl(out: str | Path, *, corpus: Iterable[str] | None = None, patch_size: int = 8,
-                    max_pixels: int = 32 * 32, vocab_size: int = 512, seed: int = 0) -> Path:
-    """Qwen2_5_VLForConditionalGeneration + Qwen2_5_VLProcessor (window-attention ViT, patch merger, mRoPE)."""
+                    max_pixels: int = 32 * 32, vocab_size: int = 512, seed: int = 0, heads: int = 4) -> Path:
+    """Qwen2_5_VLForConditionalGeneration + Qwen2_5_VLProcessor (window-attention ViT, patch merger, mRoPE).
+    `heads` sets the LLM's head size (64 / heads; vLLM's CPU attention needs 32 or more)."""
     from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration, Qwen2_5_VLProcessor
     from transformers.models.qwen2_vl.video_processing_qwen2_vl import Qwen2VLVideoProcessor
 
@@ -117,8 +127,10 @@ def tiny_qwen2_5_vl(out: str | Path, *, corpus: Iterable[str] | None = None, pat
     ids = {k: tok.convert_tokens_to_ids(v) for k, v in QWEN_TOKENS.items()}
     config = Qwen2_5_VLConfig(
         text_config=dict(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048,
-                         rope_scaling={"type": "mrope", "mrope_section": [2, 3, 3]}, tie_word_embeddings=False),
+                         num_attention_heads=heads, num_key_value_heads=max(1, heads // 2),
+                         max_position_embeddings=2048,
+                         rope_scaling={"type": "mrope", "mrope_section": _mrope_section(64 // heads)},
+                         tie_word_embeddings=False),
         vision_config=dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=4, out_hidden_size=64,
                            patch_size=patch_size, spatial_merge_size=2, temporal_patch_size=2, window_size=32,
                            fullatt_block_indexes=[1]),
@@ -128,8 +140,9 @@ def tiny_qwen2_5_vl(out: str | Path, *, corpus: Iterable[str] | None = None, pat
 
 
 def tiny_qwen3_vl(out: str | Path, *, corpus: Iterable[str] | None = None, patch_size: int = 8,
-                  max_pixels: int = 32 * 32, vocab_size: int = 512, seed: int = 0) -> Path:
-    """Qwen3VLForConditionalGeneration + Qwen3VLProcessor (DeepStack ViT, interleaved mRoPE)."""
+                  max_pixels: int = 32 * 32, vocab_size: int = 512, seed: int = 0, heads: int = 4) -> Path:
+    """Qwen3VLForConditionalGeneration + Qwen3VLProcessor (DeepStack ViT, interleaved mRoPE).
+    `heads` sets the LLM's head size (64 / heads; vLLM's CPU attention needs 32 or more)."""
     from transformers import Qwen3VLConfig, Qwen3VLForConditionalGeneration, Qwen3VLProcessor
     from transformers.models.qwen3_vl.video_processing_qwen3_vl import Qwen3VLVideoProcessor
 
@@ -140,8 +153,10 @@ def tiny_qwen3_vl(out: str | Path, *, corpus: Iterable[str] | None = None, patch
     ids = {k: tok.convert_tokens_to_ids(v) for k, v in QWEN_TOKENS.items()}
     config = Qwen3VLConfig(
         text_config=dict(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, head_dim=16, max_position_embeddings=2048,
-                         rope_scaling={"rope_type": "default", "mrope_section": [2, 3, 3], "mrope_interleaved": True},
+                         num_attention_heads=heads, num_key_value_heads=max(1, heads // 2), head_dim=64 // heads,
+                         max_position_embeddings=2048,
+                         rope_scaling={"rope_type": "default", "mrope_section": _mrope_section(64 // heads),
+                                       "mrope_interleaved": True},
                          tie_word_embeddings=False),
         vision_config=dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=4, out_hidden_size=64,
                            patch_size=patch_size, spatial_merge_size=2, temporal_patch_size=2,
