@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 from functools import partial
 from pathlib import Path
 
@@ -122,6 +123,13 @@ def _eval(args: argparse.Namespace) -> int:
             name, sep, path = spec.partition("=")
             if not sep:
                 raise ValueError(f"--public-data {spec!r}: write NAME=PATH (e.g. mmbench=/data/MMBench)")
+            from ecomvlm.eval.public import PUBLIC
+
+            if name not in PUBLIC:
+                raise ValueError(f"--public-data {spec!r}: no public benchmark {name!r}; known: {sorted(PUBLIC)}")
+            if name not in benches:  # a fixed list of copies beside a varying --benchmarks is fine; say so
+                print(f"note: --public-data {name}=... is not used: {name} is not among --benchmarks "
+                      f"{args.benchmarks!r}", file=sys.stderr)
             public_paths[name] = path
         judge = None
         ii_kw: dict = {}

@@ -47,8 +47,14 @@ def flatten_facts(obj: Any, prefix: str = "") -> list[tuple[str, str]]:
         for k, v in obj.items():
             out += flatten_facts(v, f"{prefix}.{k}" if prefix else str(k))
         return out
-    if isinstance(obj, list):
-        return [f for v in obj for f in flatten_facts(v, prefix)]
+    if isinstance(obj, list):  # a value repeated in a list (a generation loop) is one fact
+        seen, out = set(), []
+        for f in (f for v in obj for f in flatten_facts(v, prefix)):
+            key = (f[0], " ".join(f[1].lower().split()))
+            if key not in seen:
+                seen.add(key)
+                out.append(f)
+        return out
     if obj is None or (isinstance(obj, str) and not obj.strip()):
         return []
     return [(prefix or "value", str(obj))]

@@ -25,7 +25,7 @@ UNIT_SYNONYMS = {
 def normalize(text: Any, synonyms: dict[str, str] | None = None) -> str:
     """Lower-case, strip accents/punctuation, unify units ("500 Milliliters" == "500ml"), apply synonyms."""
     s = unicodedata.normalize("NFKD", str(text)).encode("ascii", "ignore").decode().lower().strip()
-    s = re.sub(r"[\"'`.,;:!?()\[\]{}]", " ", s)
+    s = re.sub(r"[\"'`.,;:!?()\[\]{}*#]", " ", s)  # markdown emphasis and headings are not words
     s = re.sub(r"[-_/]", " ", s)
     words = [UNIT_SYNONYMS.get(w, w) for w in s.split()]
     s = " ".join(words)
@@ -78,19 +78,65 @@ def parse_model_json(text: str) -> dict[str, Any] | None:
     return None
 
 
-def parse_attributes(text: str) -> dict[str, str | list[str]] | None:
-    """A JSON object (possibly inside ```json fences) or `key: value` lines -> {key: value}; list values stay lists
-    (several values of one attribute). None if neither."""
-    obj = parse_model_json(text)
-    if obj is not None:
-        return {str(k): [str(x) for x in v] if isinstance(v, list) else str(v) for k, v in obj.items()}
+def _stated(v: Any) -> list[str]:
+    """The values an attribute states: list elements (nested lists flattened); null, empty strings and empty lists
+    state nothing."""
+    if isinstance(v, (list, tuple)):
+        return [x for it in v for x in _stated(it)]
+    if v is None or isinstance(v, dict):
+        return [] if v is None else [json.dumps(v, sort_keys=True)]
+    s = str(v).strip()
+    return [s] if s else []
+
+
+def _merge(pairs: list[tuple[str, Any]]) -> dict[str, str | list[str]]:
+    """{key: value(s)}: keys given twice keep every value; keys that state nothing are left out."""
+    out: dict[str, list[str]] = {}
+    listed: set[str] = set()
+    for k, v in pairs:
+        vals = _stated(v)
+        if vals:
+            out.setdefault(str(k).strip(), []).extend(vals)
+            if isinstance(v, (list, tuple)):
+                listed.add(str(k).strip())
+    return {k: v if len(v) > 1 or k in listed else v[0] for k, v in out.items()}
+
+
+# a `key: value` line as models write it: list markers (-, *, +, 1., 1)), **bold** or __bold__ keys and values
+_LIST_MARKER = re.compile(r"^\s*(?:[-*+\u2022]|\d{1,3}[.)])\s+")
+_KEY_VALUE = re.compile(r"^\s*([^:]{1,60}?)\s*:\s*(.+?)\s*$")
+
+
+def _json_objects(text: str) -> list[dict[str, Any]] | None:
+    """A top-level JSON list of objects ([{"Colour": "Red"}, {"Brand": "Acme"}]); None otherwise."""
     t = _unfenced(text)
-    pairs: dict[str, str | list[str]] = {}
-    for line in t.splitlines():
-        m = re.match(r"^\s*[-*]?\s*([^:]{1,60}):\s*(.+?)\s*$", line)
+    start = t.find("[")
+    if start == -1 or "{" in t[:start]:
+        return None
+    try:
+        obj, _ = json.JSONDecoder().raw_decode(t[start:])
+    except json.JSONDecodeError:
+        return None
+    return obj if isinstance(obj, list) and obj and all(isinstance(o, dict) for o in obj) else None
+
+
+def parse_attributes(text: str) -> dict[str, str | list[str]] | None:
+    """A JSON object (possibly inside ```json fences), a JSON list of objects, or `key: value` lines -> {key:
+    value}; list values stay lists (several values of one attribute), a key given twice keeps both values, null and
+    empty values are no attribute. None if nothing parses."""
+    objs = _json_objects(text)
+    if objs is None:
+        obj = parse_model_json(text)
+        objs = [obj] if obj is not None else None
+    if objs is not None:
+        return _merge([(k, v) for o in objs for k, v in o.items()])
+    pairs = []
+    for line in _unfenced(text).splitlines():
+        line = _LIST_MARKER.sub("", line).replace("**", "").replace("__", "")
+        m = _KEY_VALUE.match(line)
         if m:
-            pairs[m.group(1).strip()] = m.group(2).strip()
-    return pairs or None
+            pairs.append((m.group(1).strip(" *_`#"), m.group(2).strip(" *_`")))
+    return _merge(pairs) or None
 
 
 def _value_set(v: str | list[str]) -> set[str]:
@@ -105,14 +151,36 @@ def _value_set(v: str | list[str]) -> set[str]:
     return out - {""}
 
 
+def _by_key(attrs: dict[str, str | list[str]]) -> dict[str, set[str]]:
+    """Normalised key -> normalised values; keys equal after normalisation ("Colour", "colour") are one attribute."""
+    out: dict[str, set[str]] = {}
+    for k, v in attrs.items():
+        vals = _value_set(v)
+        if vals:
+            out.setdefault(normalize(k), set()).update(vals)
+    return out
+
+
+def reference_attributes(reference: Any) -> dict[str, str | list[str]]:
+    """A DAE reference as {key: value(s)}: an object, or the same written as a JSON / `key: value` string."""
+    if isinstance(reference, dict):
+        return _merge(list(reference.items()))
+    if isinstance(reference, str):
+        parsed = parse_attributes(reference)
+        if parsed is not None:
+            return parsed
+    raise ValueError(f"DAE reference {reference!r:.120} is not an attribute object; write it as "
+                     f'{{"Brand": "Nike", ...}} (a JSON object, or its JSON string)')
+
+
 def dae_scores(prediction: str, reference: dict[str, str | list[str]]) -> dict[str, float] | None:
     """Precision/recall/F1 of attribute extraction for one item (keys and values normalised). A predicted attribute
     is faithful when its key is a reference key and one of the values it states is a reference value."""
     pred = parse_attributes(prediction)
     if pred is None:
         return None
-    ref = {normalize(k): _value_set(v) for k, v in reference.items()}
-    got = {normalize(k): _value_set(v) for k, v in pred.items()}
+    ref = _by_key(reference_attributes(reference))
+    got = _by_key(pred)
     correct = sum(1 for k, vals in got.items() if k in ref and vals & ref[k])
     p = correct / len(got) if got else 0.0
     r = correct / len(ref) if ref else 0.0
@@ -140,7 +208,12 @@ def score_records(task: str, records: list[dict[str, Any]], predictions: list[st
         return {"accuracy": 100 * correct / max(1, n), "n": n, "unmapped": sum(m is None for m in mapped),
                 "per_attribute": {k: 100 * sum(v) / len(v) for k, v in sorted(per_attr.items())}}
     if task == "dae":
-        scores = [dae_scores(p, r["answer"]) for r, p in zip(records, predictions)]
+        scores = []
+        for i, (r, p) in enumerate(zip(records, predictions)):
+            try:
+                scores.append(dae_scores(p, r["answer"]))
+            except ValueError as e:  # a bad reference: name its record
+                raise ValueError(f"dae record {r.get('id', i)!r}: {e}") from None
         ok = [s for s in scores if s is not None]
         mean = {k: 100 * sum(s[k] for s in ok) / max(1, n) for k in ("precision", "recall", "f1")}
         return {**mean, "n": n, "unparsed": n - len(ok)}

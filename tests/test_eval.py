@@ -241,3 +241,27 @@ def test_plot_axes_for_all_zero_and_mixed_scale_panels(tmp_path):
              "b": {"mmbench": {"accuracy": 0.0}, "item_intel": {"f1": 0.0, "sec_per_example": 25.5,
                                                                 "examples_per_s": 0.04}}}
     assert plot(zeros, tmp_path / "p.png").stat().st_size > 1000
+
+
+@pytest.mark.parametrize("pred, p, r", [
+    ('{"Colour": null, "Brand": "Acme"}', 1.0, 1 / 3),  # null, "" and [] state no attribute
+    ('{"Colour": "", "Size": [], "Brand": "Acme"}', 1.0, 1 / 3),
+    ("**Colour**: Red", 1.0, 1 / 3),  # markdown keys, list markers and bold values as models write them
+    ("- **Colour:** Red\n- **Brand:** Acme", 1.0, 2 / 3),
+    ("1. Colour: Red\n2) Size: 350 ml", 1.0, 2 / 3),
+    ("Colour: **Red**", 1.0, 1 / 3),
+    ('[{"Colour": "Red"}, {"Brand": "Acme"}]', 1.0, 2 / 3),  # a JSON list of objects: all of them
+    ('{"Colour": "Red", "colour": "Blue"}', 1.0, 1 / 3),  # one attribute after normalising, stating both values
+    ("Colour: Blue\ncolour: Red", 1.0, 1 / 3),
+])
+def test_dae_answers_as_models_write_them(pred, p, r):
+    s = dae_scores(pred, {"Colour": "Red", "Brand": "Acme", "Size": "350 ml"})
+    assert (s["precision"], s["recall"]) == (pytest.approx(p), pytest.approx(r))
+
+
+def test_dae_references_null_values_json_strings_and_bad_ones():
+    assert dae_scores("Colour: Red", {"Colour": "Red", "Size": None})["recall"] == 1.0  # null: nothing to recall
+    assert dae_scores("Colour: Red", {"Colour": "Red", "colour": "Blue"})["recall"] == 1.0  # one attribute
+    assert dae_scores("Colour: Red", '{"Colour": "Red", "Brand": "Acme"}')["recall"] == 0.5  # JSON string reference
+    with pytest.raises(ValueError, match=r"dae record 'x7'.*not an attribute object"):
+        score_records("dae", [{"id": "x7", "answer": ["Red"]}], ["Colour: Red"])

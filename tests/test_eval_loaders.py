@@ -255,3 +255,100 @@ def test_ecommmmu_authors_downstream_conversation_files(tmp_path, image_cache):
     rec = load_public("ecommmmu", tmp_path / "test.json")[0]
     assert rec["prompt"] == "Relation of the two products?<image><image>" and rec["answer"] == "B"
     assert [_pixels(im) for im in rec["images"]] == [_pixels(_cached(u)) for u in urls]
+
+
+def test_mmmu_subject_folders_are_one_benchmark(tmp_path):
+    """MMMU/MMMU keeps one folder per subject (Physics/validation-*.parquet, ...): all of them are MMMU."""
+    val = load_split(FIX / "mmmu", "validation").ds
+    dev = load_split(FIX / "mmmu", "dev").ds
+    for i, subject in enumerate(["Art", "Physics"]):
+        (tmp_path / "MMMU" / subject).mkdir(parents=True)
+        val.select([i]).to_parquet(str(tmp_path / "MMMU" / subject / "validation-00000-of-00001.parquet"))
+        dev.select([0]).to_parquet(str(tmp_path / "MMMU" / subject / "dev-00000-of-00001.parquet"))
+    recs, info = load_public_with_info("mmmu", tmp_path / "MMMU")
+    assert sorted(r["id"] for r in recs) == sorted(val["id"]) and info["source"]["subsets"] == ["Art", "Physics"]
+    assert [len(r["images"]) for r in recs] == [1, 2]
+
+
+def test_a_lone_split_of_another_name_is_refused(tmp_path):
+    import datasets
+
+    val = load_split(FIX / "mmmu", "validation").ds
+    datasets.DatasetDict({"test": val}).save_to_disk(str(tmp_path / "only_test"))
+    with pytest.raises(ValueError, match="holds only the 'test' split, not 'validation'"):
+        load_public("mmmu", tmp_path / "only_test")
+    datasets.DatasetDict({"val": val}).save_to_disk(str(tmp_path / "val"))  # another name of the same split
+    assert len(load_public("mmmu", tmp_path / "val")) == 2
+
+
+def test_ecommmmu_hub_parquet_snapshot_with_one_train_file(tmp_path, image_cache):
+    import datasets
+
+    ds = datasets.load_dataset("json", data_files=str(FIX / "ecommmmu" / "dataset.json"), split="train")
+    (tmp_path / "snap" / "data").mkdir(parents=True)
+    ds.to_parquet(str(tmp_path / "snap" / "data" / "train-00000-of-00001.parquet"))
+    recs, info = load_public_with_info("ecommmmu", tmp_path / "snap")
+    assert len(recs) == 9 and info["source"]["split_column"]["other_splits"] == {"train": 2, "val": 2}
+    no_column = ds.remove_columns(["split"])
+    no_column.to_parquet(str(tmp_path / "snap" / "data" / "train-00000-of-00001.parquet"))
+    with pytest.raises(ValueError, match=r"split \['train'\] only and no 'split' column"):
+        load_public("ecommmmu", tmp_path / "snap")
+
+
+def _ai2d_rows(folder: Path, n: int = 3) -> list[dict]:
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", (8, 8), "red").save(folder / "a.png")
+    return [{"question": f"Stage {i}?", "options": ["egg", "larva", "pupa"], "answer": str(i % 3), "image": "a.png"}
+            for i in range(n)]
+
+
+def test_json_twins_empty_files_and_missing_paths_are_named(tmp_path):
+    rows = _ai2d_rows(tmp_path / "ai2d")
+    (tmp_path / "ai2d" / "test.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (tmp_path / "ai2d" / "test.json").write_text(json.dumps(rows))  # the same rows as one JSON array
+    recs, info = load_public_with_info("ai2d", tmp_path / "ai2d")
+    assert len(recs) == 3 and info["source"]["files"] == ["test.jsonl"]
+    assert info["source"]["skipped_duplicates"] == ["test.json"]
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "test.jsonl").write_text("")
+    with pytest.raises(ValueError, match=r"\['test.jsonl'\] hold no rows"):
+        load_public("ai2d", tmp_path / "empty")
+    (tmp_path / "empty" / "test.jsonl").unlink()
+    (tmp_path / "empty" / "test.json").write_text("[]\n")
+    with pytest.raises(ValueError, match="hold no rows"):
+        load_public("ai2d", tmp_path / "empty")
+    with pytest.raises(FileNotFoundError, match="does_not_exist' does not exist"):
+        load_public("mme", tmp_path / "does_not_exist")
+
+
+def test_mmbench_limit_keeps_every_rotation_and_duplicates_are_refused(tmp_path):
+    import datasets
+
+    en = load_split(FIX / "mmbench", "dev", subset="en").ds
+    assert [r["id"] for r in load_public("mmbench", FIX / "mmbench", limit=3)] == ["0", "1000000", "1", "1000001"]
+    order = sorted(range(len(en)), key=lambda i: int(en[i]["index"]))  # the rotations after all the questions
+    datasets.DatasetDict({"dev": en.select(order)}).save_to_disk(str(tmp_path / "sorted"))
+    recs, info = load_public_with_info("mmbench", tmp_path / "sorted", limit=1)
+    assert [r["id"] for r in recs] == ["0", "1000000"] and info["limit_left_out"] == 2
+    datasets.DatasetDict({"dev": datasets.concatenate_datasets([en, en.select([0])])}).save_to_disk(
+        str(tmp_path / "dup"))
+    with pytest.raises(ValueError, match=r"MMBench indexes \[0\] occur more than once"):
+        load_public("mmbench", tmp_path / "dup")
+
+
+def test_unknown_ecommmmu_tasks_fail_before_inference(tmp_path):
+    rows = [{"task": "click-through_prediction", "instruction": "Click?", "input": "", "output": "yes",
+             "split": "test", "images": [["img/missing.png"]]}]  # the image is never opened
+    (tmp_path / "dataset.json").write_text(json.dumps(rows))
+    with pytest.raises(ValueError, match=r"unknown eComMMMU tasks \{'click-through_prediction': 1\}"):
+        load_public("ecommmmu", tmp_path)
+
+
+def test_eval_cli_names_an_unknown_public_data_name(tmp_path, capsys):
+    from ecomvlm.cli import main
+
+    assert main(["eval", "--model", f"m={tmp_path}", "--benchmarks", "mme", "--public-data", f"mmee={tmp_path}",
+                 "--out", str(tmp_path / "out")]) != 0
+    assert "no public benchmark 'mmee'" in capsys.readouterr().err

@@ -159,3 +159,13 @@ def test_openai_backend_sends_images_in_place_and_keeps_order(scripted_server):
     assert body["model"] == "served" and body["max_tokens"] == 7 and body["response_format"]["type"] == "json_schema"
     img = body["messages"][0]["content"][0]
     assert img["type"] == "image_url" and img["image_url"]["url"].startswith("data:image/png;base64,")
+
+
+def test_repeated_facts_count_once():
+    """A generation loop that repeats a value does not inflate precision (or recall on the reference side)."""
+    looped = {"attributes": {"colors": ["Red", "Red", " red ", "Blue"], "brand_name": "Zenith"}}
+    assert flatten_facts(looped) == [("attributes.colors", "Red"), ("attributes.colors", "Blue"),
+                                     ("attributes.brand_name", "Zenith")]
+    ref = {"attributes": {"colors": ["Red", "Blue"], "brand_name": "Acme"}}
+    m = score_item_intel([{"id": "a", "answer": ref}], [json.dumps(looped)], RuleJudge())
+    assert m["precision"] == pytest.approx(100 * 2 / 3) and m["recall"] == pytest.approx(100 * 2 / 3)

@@ -24,6 +24,7 @@ out (other splits, other subsets, images over the cap).
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -37,7 +38,7 @@ from ecomvlm.eval.public.ecommmmu import (
     ecommmmu_options,
     score_ecommmmu,
 )
-from ecomvlm.eval.public.loading import _rgb, load_hf_split, load_split
+from ecomvlm.eval.public.loading import ALL_SUBSETS, _rgb, load_hf_split, load_split
 from ecomvlm.eval.public.mmbench import mcq_extract, mmbench_prompt, score_mmbench
 from ecomvlm.eval.public.mmmu import mmmu_images, mmmu_prompt, score_mmmu
 from ecomvlm.eval.public.single_image import (
@@ -90,7 +91,8 @@ PUBLIC: dict[str, PublicBenchmark] = {b.name: b for b in [
     PublicBenchmark("ai2d", "lmms-lab/ai2d", "test", ai2d_prompt, _one_image,
                     lambda d: chr(65 + int(d["answer"])), lambda d: str(d.get("id", d["question"])), score_ai2d),
     PublicBenchmark("mmmu", "lmms-lab/MMMU", "validation", mmmu_prompt, mmmu_images,
-                    lambda d: d["answer"], lambda d: d["id"], score_mmmu, max_new_tokens=128),
+                    lambda d: d["answer"], lambda d: d["id"], score_mmmu, max_new_tokens=128,
+                    subset=ALL_SUBSETS),  # MMMU/MMMU keeps one folder per subject; lmms-lab/MMMU one data/ folder
     PublicBenchmark("ecommmmu", "NingLab/EcomMMMU", "test", lambda d: ecommmmu_doc(d)[0],
                     lambda d: ecommmmu_doc(d)[1], lambda d: ecommmmu_doc(d)[2],
                     lambda d: str(d["id"]) if d.get("id") is not None else "", score_ecommmmu,
@@ -124,14 +126,34 @@ def load_public_with_info(name: str, path: str | Path | None = None, *, split: s
             rows = [i for i, f in enumerate(flags) if f]
             info["subset_left_out"] = len(ds) - len(rows)
             info["is_vc_missing"] = sum(f is None for f in flags)
+    if name == "ecommmmu" and "task" in ds.column_names:  # before any inference: the scorer needs a known task
+        unknown: dict[str, int] = {}
+        tasks = ds["task"]
+        for i in rows:
+            if tasks[i] not in ECOMMMMU_TASKS:
+                unknown[str(tasks[i])] = unknown.get(str(tasks[i]), 0) + 1
+        if unknown:
+            raise ValueError(f"{loaded.source.get('path')}: rows of unknown eComMMMU tasks {unknown}; the authors' "
+                             f"task names are {sorted(ECOMMMMU_TASKS)} (e.g. 'click-through_predction', as spelled "
+                             f"in their data); fix the task column")
+    if name == "mmbench":  # circular scoring joins the rotations of a question by index: each must be there once
+        index = [int(v) for v in ds["index"]]
+        dup = sorted(v for v, c in Counter(index).items() if c > 1)
+        if dup:
+            raise ValueError(f"{loaded.source.get('path')}: MMBench indexes {dup[:10]} occur more than once; a "
+                             f"copy of one split holds each (question, rotation) once - check for merged files")
     if limit:
         n = min(limit, len(rows))
         if name == "mme":  # MME scores image pairs: a limit never cuts one
             qid = ds.select_columns(["question_id"])["question_id"]
             while 0 < n < len(qid) and qid[n] == qid[n - 1]:
                 n += 1
-        info["limit_left_out"] = len(rows) - n
-        rows = list(rows)[:n]
+        kept = list(rows)[:n]
+        if name == "mmbench":  # every rotation of a kept question, wherever it sits in the file
+            questions = {index[i] % 1_000_000 for i in kept}
+            kept = [i for i in rows if index[i] % 1_000_000 in questions]
+        info["limit_left_out"] = len(rows) - len(kept)
+        rows = kept
     out = []
     dropped = 0
     for i in rows:

@@ -56,9 +56,27 @@ def _data_files(root: Path) -> list[Path]:
     return out
 
 
+ALL_SUBSETS = "*"  # a benchmark whose subsets are parts of one set (MMMU/MMMU's subject folders)
+# the names a split goes by in published copies
+SPLIT_ALIASES = {"validation": {"validation", "val"}, "val": {"validation", "val"}, "dev": {"dev"},
+                 "test": {"test"}, "train": {"train"}}
+
+
+def _same_split(a: str, b: str) -> bool:
+    return a == b or b in SPLIT_ALIASES.get(a, set())
+
+
+def _looks_like_path(path: str) -> bool:
+    """An HF id is `name` or `owner/name`; anything else (absolute, ./, ~, deeper) is meant as a local path."""
+    return os.path.isabs(path) or path.startswith((".", "~")) or path.count("/") > 1 or os.sep != "/" and os.sep in path
+
+
 def _pick_subset(root: Path, files: list[Path], subset: str | None) -> list[Path]:
-    """MMBench-style snapshots keep one folder per subset (en/, cn/, cc/): take `subset`'s, refuse to guess."""
+    """MMBench-style snapshots keep one folder per subset (en/, cn/, cc/): take `subset`'s, refuse to guess.
+    ALL_SUBSETS takes every subset folder (MMMU's subjects are one benchmark)."""
     tops = sorted({f.parts[0] for f in files if len(f.parts) > 1})
+    if subset == ALL_SUBSETS:
+        return files
     if subset is not None:
         inside = [f for f in files if subset in f.parts[:-1]]
         if inside or root.name == subset:
@@ -79,9 +97,13 @@ def _pick_kind(root: Path, files: list[Path]) -> tuple[str, list[Path], list[Pat
     for f in files:
         by_kind.setdefault(KINDS[f.suffix], []).append(f)
     kind = next(k for k in PREFERENCE if k in by_kind)
-    chosen = by_kind[kind]
+    chosen, twins, seen = [], [], set()
+    for f in sorted(by_kind[kind], key=lambda f: (f.suffix != ".jsonl", str(f))):  # test.json beside test.jsonl
+        (twins if (f.parent, f.stem) in seen else chosen).append(f)
+        seen.add((f.parent, f.stem))
+    chosen.sort()
     stems = {(f.parent, f.stem) for f in chosen}
-    skipped = [f for k, fs in by_kind.items() if k != kind for f in fs]
+    skipped = twins + [f for k, fs in by_kind.items() if k != kind for f in fs]
     orphans = [f for f in skipped if (f.parent, f.stem) not in stems]
     if orphans:
         raise ValueError(f"{root} mixes file kinds that hold different data ({[str(f) for f in orphans]} have no "
@@ -90,32 +112,57 @@ def _pick_kind(root: Path, files: list[Path]) -> tuple[str, list[Path], list[Pat
 
 
 def _from_files(root: Path, files: list[Path], split: str, subset: str | None) -> Loaded:
-    import datasets
 
     files = _pick_subset(root, files, subset)
-    matching = [f for f in files if _mentions_split(f, split)]
+    names = SPLIT_ALIASES.get(split, {split})
+    matching = [f for f in files if any(_mentions_split(f, n) for n in names)]
     divided = matching or [f for f in files if any(_mentions_split(f, s) for s in SPLIT_NAMES)]
+    undivided = False
     if not matching and divided:
         found = sorted({s for f in files for s in SPLIT_NAMES if _mentions_split(f, s)})
-        raise ValueError(f"{root} has files for the splits {found} but none for {split!r}; pick one of them")
+        if len(found) != 1:
+            raise ValueError(f"{root} has files for the splits {found} but none for {split!r}; pick one of them")
+        undivided = True  # the Hub's one split of an undivided file (eComMMMU): usable only with a split column
     kind, chosen, skipped = _pick_kind(root, matching or files)
+    ds = _read_files(root, kind, chosen)
+    if undivided and "split" not in ds.column_names:
+        raise ValueError(f"{root} has files for the split {found} only and no 'split' column, not {split!r}; pick "
+                         f"the folder of the {split!r} split")
+    subsets = sorted({f.parts[0] for f in chosen if len(f.parts) > 1}) if subset == ALL_SUBSETS else None
+    source = {"kind": kind, "files": [str(f) for f in chosen], "skipped_duplicates": [str(f) for f in skipped],
+              "split_in_file_names": bool(matching), **({"subsets": subsets} if subsets else {})}
+    return Loaded(ds, root, source)
+
+
+def _read_files(root: Path, kind: str, chosen: list[Path]):
+    """One dataset from the files of one split; empty files and files of different columns are named."""
+    import datasets
+
+    empty = [str(f) for f in chosen if (root / f).stat().st_size == 0 or kind == "json" and
+             (root / f).stat().st_size < 64 and (root / f).read_text(errors="replace").strip() in ("", "[]", "{}")]
+    if empty:
+        raise ValueError(f"{root}: {empty} hold no rows (empty files); re-download or remove them")
     try:
         ds = datasets.load_dataset(kind, data_files=[str(root / f) for f in chosen], split="train")
     except Exception as e:  # noqa: BLE001 - re-raised naming the files
         raise ValueError(f"{root}: could not read {[str(f) for f in chosen]} as one {kind} dataset ({e}); the files "
                          f"of one split must share their columns") from None
-    source = {"kind": kind, "files": [str(f) for f in chosen], "skipped_duplicates": [str(f) for f in skipped],
-              "split_in_file_names": bool(matching)}
-    return Loaded(ds, root, source)
+    if len(ds) == 0:
+        raise ValueError(f"{root}: {[str(f) for f in chosen]} hold no rows")
+    return ds
 
 
 def _from_dict(dd, split: str, where: str) -> tuple[Any, bool]:
     """(dataset, split-specific?) from a DatasetDict; one undivided split (the Hub's 'train' for eComMMMU) is
     returned whole so the `split` column can select the rows."""
-    if split in dd:
-        return dd[split], True
+    for name in dd:
+        if _same_split(split, name):
+            return dd[name], True
     if len(dd) == 1:
-        return next(iter(dd.values())), False
+        (name, ds), = dd.items()
+        if name in SPLIT_NAMES and "split" not in ds.column_names:  # another split, not an undivided file
+            raise ValueError(f"{where} holds only the {name!r} split, not {split!r}; pass the copy of {split!r}")
+        return ds, False
     raise ValueError(f"{where} has splits {sorted(dd)}, not {split!r}; pick one of them")
 
 
@@ -148,13 +195,14 @@ def load_split(path: str | Path, split: str, *, subset: str | None = None) -> Lo
         specific = False  # a lone saved split may still be the undivided file with a split column
         if isinstance(ds, datasets.DatasetDict):
             ds, specific = _from_dict(ds, split, str(p))
+        if len(ds) == 0:
+            raise ValueError(f"{p} (save_to_disk) holds no rows for {split!r}")
         loaded = Loaded(ds, p, {"kind": "save_to_disk"})
     elif p.is_file():  # one file named by the user: read as given
         if p.suffix not in KINDS:
             raise FileNotFoundError(f"{p} is not a parquet/jsonl/json/arrow file; pass the dataset file or folder")
         kind = KINDS[p.suffix]
-        loaded = Loaded(datasets.load_dataset(kind, data_files=[str(p)], split="train"), p.parent,
-                        {"kind": kind, "files": [p.name]})
+        loaded = Loaded(_read_files(p.parent, kind, [Path(p.name)]), p.parent, {"kind": kind, "files": [p.name]})
         specific = _mentions_split(Path(p.name), split)
     elif p.exists():
         files = _data_files(p)
@@ -163,6 +211,9 @@ def load_split(path: str | Path, split: str, *, subset: str | None = None) -> Lo
                                     f"folder; pass the dataset folder (a Hub snapshot or a save_to_disk copy)")
         loaded = _from_files(p, files, split, subset)
         specific = loaded.source["split_in_file_names"]
+    elif _looks_like_path(str(path)):
+        raise FileNotFoundError(f"benchmark data {str(path)!r} does not exist; pass the folder of a local copy (a "
+                                f"Hub snapshot or a save_to_disk folder) or a Hub id such as lmms-lab/MME")
     else:  # an HF id: the local cache only, unless ECOMVLM_ALLOW_DOWNLOAD=1
         import datasets.config as dcfg
 
@@ -170,7 +221,7 @@ def load_split(path: str | Path, split: str, *, subset: str | None = None) -> Lo
         if not allow_download():
             dcfg.HF_HUB_OFFLINE = dcfg.HF_DATASETS_OFFLINE = True
         try:
-            dd = datasets.load_dataset(str(path), subset)
+            dd = datasets.load_dataset(str(path), None if subset == ALL_SUBSETS else subset)
         except Exception as e:  # noqa: BLE001 - re-raised with the fix
             raise FileNotFoundError(f"benchmark data {path!r} is neither a local path nor in the HF cache ({e}). "
                                     f"Download it once on a machine with internet (`huggingface-cli download "
