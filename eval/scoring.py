@@ -3,8 +3,10 @@
 - Aspect Prediction: string match after normalisation (case, punctuation, whitespace, units, synonyms).
 - Deep Fashion Understanding: per-attribute classification accuracy; the prediction is mapped to one of the
   offered classes (exact after normalisation, else the single class it mentions) before comparing.
-- Dynamic Attribute Extraction: schema-free key-value extraction; predictions are parsed as JSON or
-  ``key: value`` lines; precision = faithful predicted attributes / predicted, recall = faithful / reference.
+- Dynamic Attribute Extraction: schema-free key-value extraction; predictions are parsed as a JSON object (or a
+  list of them) or ``key: value`` lines (markdown list markers and bold allowed); null and empty values state no
+  attribute, keys equal after normalisation are one attribute with all their values; precision = faithful
+  predicted attributes / predicted, recall = faithful / reference.
 Unparseable outputs are counted (``unparsed``), never dropped.
 """
 
