@@ -86,7 +86,7 @@ def _stated(v: Any) -> list[str]:
     if isinstance(v, (list, tuple)):
         return [x for it in v for x in _stated(it)]
     if v is None or isinstance(v, dict):
-        return [] if v is None else [json.dumps(v, sort_keys=True)]
+        return [] if v is None else [json.dumps(v, sort_keys=True, ensure_ascii=False)]
     s = str(v).strip()
     return [s] if s else []
 
@@ -106,6 +106,7 @@ def _merge(pairs: list[tuple[str, Any]]) -> dict[str, str | list[str]]:
 
 # a `key: value` line as models write it: list markers (-, *, +, 1., 1)), **bold** or __bold__ keys and values
 _LIST_MARKER = re.compile(r"^\s*(?:[-*+\u2022]|\d{1,3}[.)])\s+")
+_BOLD = re.compile(r"(?<![\w*])\*\*(?!\s)(.+?)(?<!\s)\*\*(?![\w*])|(?<!\w)__(?!\s)(.+?)(?<!\s)__(?!\w)")
 _KEY_VALUE = re.compile(r"^\s*([^:]{1,60}?)\s*:\s*(.+?)\s*$")
 
 
@@ -134,7 +135,7 @@ def parse_attributes(text: str) -> dict[str, str | list[str]] | None:
         return _merge([(k, v) for o in objs for k, v in o.items()])
     pairs = []
     for line in _unfenced(text).splitlines():
-        line = _LIST_MARKER.sub("", line).replace("**", "").replace("__", "")
+        line = _BOLD.sub(lambda m: m.group(1) or m.group(2), _LIST_MARKER.sub("", line))
         m = _KEY_VALUE.match(line)
         if m:
             pairs.append((m.group(1).strip(" *_`#"), m.group(2).strip(" *_`")))

@@ -265,3 +265,9 @@ def test_dae_references_null_values_json_strings_and_bad_ones():
     assert dae_scores("Colour: Red", '{"Colour": "Red", "Brand": "Acme"}')["recall"] == 0.5  # JSON string reference
     with pytest.raises(ValueError, match=r"dae record 'x7'.*not an attribute object"):
         score_records("dae", [{"id": "x7", "answer": ["Red"]}], ["Colour: Red"])
+
+
+def test_dae_values_keep_their_underscores_and_accents():
+    assert dae_scores("Link: https://x.com/a__b__c", {"Link": "https://x.com/a__b__c"})["f1"] == 1.0
+    assert dae_scores("__Brand__: Acme", {"Brand": "Acme"})["f1"] == 1.0
+    assert dae_scores('{"Material": {"Top": "Café"}}', {"Material": {"Top": "Cafe"}})["f1"] == 1.0

@@ -352,3 +352,18 @@ def test_eval_cli_names_an_unknown_public_data_name(tmp_path, capsys):
     assert main(["eval", "--model", f"m={tmp_path}", "--benchmarks", "mme", "--public-data", f"mmee={tmp_path}",
                  "--out", str(tmp_path / "out")]) != 0
     assert "no public benchmark 'mmee'" in capsys.readouterr().err
+
+
+def test_data_loaded_without_split_names_empty_shards_and_split_column_aliases(tmp_path, image_cache):
+    import datasets
+
+    files = sorted(str(f) for f in (FIX / "mme").rglob("*.parquet"))
+    datasets.load_dataset("parquet", data_files=files).save_to_disk(str(tmp_path / "mme"))  # named "train"
+    assert len(load_public("mme", tmp_path / "mme")) == 4
+    rows = _ai2d_rows(tmp_path / "ai2d", 2)
+    (tmp_path / "ai2d" / "test-00000-of-00002.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (tmp_path / "ai2d" / "test-00001-of-00002.jsonl").write_text("")
+    recs, info = load_public_with_info("ai2d", tmp_path / "ai2d")
+    assert len(recs) == 2 and info["source"]["skipped_empty"] == ["test-00001-of-00002.jsonl"]
+    recs, info = load_public_with_info("ecommmmu", FIX / "ecommmmu", split="validation")  # the column says "val"
+    assert len(recs) == 2 and info["source"]["split_column"]["other_splits"] == {"test": 9, "train": 2}

@@ -124,24 +124,28 @@ def _from_files(root: Path, files: list[Path], split: str, subset: str | None) -
             raise ValueError(f"{root} has files for the splits {found} but none for {split!r}; pick one of them")
         undivided = True  # the Hub's one split of an undivided file (eComMMMU): usable only with a split column
     kind, chosen, skipped = _pick_kind(root, matching or files)
-    ds = _read_files(root, kind, chosen)
+    ds, empty = _read_files(root, kind, chosen)
+    chosen = [f for f in chosen if str(f) not in empty]
     if undivided and "split" not in ds.column_names:
         raise ValueError(f"{root} has files for the split {found} only and no 'split' column, not {split!r}; pick "
                          f"the folder of the {split!r} split")
     subsets = sorted({f.parts[0] for f in chosen if len(f.parts) > 1}) if subset == ALL_SUBSETS else None
     source = {"kind": kind, "files": [str(f) for f in chosen], "skipped_duplicates": [str(f) for f in skipped],
-              "split_in_file_names": bool(matching), **({"subsets": subsets} if subsets else {})}
+              "split_in_file_names": bool(matching), **({"subsets": subsets} if subsets else {}),
+              **({"skipped_empty": empty} if empty else {})}
     return Loaded(ds, root, source)
 
 
-def _read_files(root: Path, kind: str, chosen: list[Path]):
-    """One dataset from the files of one split; empty files and files of different columns are named."""
+def _read_files(root: Path, kind: str, chosen: list[Path]) -> tuple[Any, list[str]]:
+    """One dataset from the files of one split, and the empty files left out (an empty shard beside full ones is
+    reported; a split of only empty files, or files of different columns, is an error naming them)."""
     import datasets
 
     empty = [str(f) for f in chosen if (root / f).stat().st_size == 0 or kind == "json" and
              (root / f).stat().st_size < 64 and (root / f).read_text(errors="replace").strip() in ("", "[]", "{}")]
-    if empty:
+    if len(empty) == len(chosen):
         raise ValueError(f"{root}: {empty} hold no rows (empty files); re-download or remove them")
+    chosen = [f for f in chosen if str(f) not in empty]
     try:
         ds = datasets.load_dataset(kind, data_files=[str(root / f) for f in chosen], split="train")
     except Exception as e:  # noqa: BLE001 - re-raised naming the files
@@ -149,7 +153,7 @@ def _read_files(root: Path, kind: str, chosen: list[Path]):
                          f"of one split must share their columns") from None
     if len(ds) == 0:
         raise ValueError(f"{root}: {[str(f) for f in chosen]} hold no rows")
-    return ds
+    return ds, empty
 
 
 def _from_dict(dd, split: str, where: str) -> tuple[Any, bool]:
@@ -160,7 +164,8 @@ def _from_dict(dd, split: str, where: str) -> tuple[Any, bool]:
             return dd[name], True
     if len(dd) == 1:
         (name, ds), = dd.items()
-        if name in SPLIT_NAMES and "split" not in ds.column_names:  # another split, not an undivided file
+        # another split, not undivided data ("train" is what datasets names files loaded without split names)
+        if name in SPLIT_NAMES and name != "train" and "split" not in ds.column_names:
             raise ValueError(f"{where} holds only the {name!r} split, not {split!r}; pass the copy of {split!r}")
         return ds, False
     raise ValueError(f"{where} has splits {sorted(dd)}, not {split!r}; pick one of them")
@@ -175,13 +180,14 @@ def _by_split_column(loaded: Loaded, split: str, column: str = "split") -> Loade
     counts: dict[str, int] = {}
     for v in values:
         counts[str(v)] = counts.get(str(v), 0) + 1
-    if split not in counts:
+    names = {k for k in counts if _same_split(split, k)}
+    if not names:
         raise ValueError(f"the {column!r} column of {loaded.source.get('path')} has {sorted(counts)}, not "
                          f"{split!r}; pick one of them")
-    keep = [i for i, v in enumerate(values) if str(v) == split]
+    keep = [i for i, v in enumerate(values) if str(v) in names]
     loaded.ds = ds.select(keep)
     loaded.source["split_column"] = {"column": column, "kept": len(keep),
-                                     "other_splits": {k: n for k, n in sorted(counts.items()) if k != split}}
+                                     "other_splits": {k: n for k, n in sorted(counts.items()) if k not in names}}
     return loaded
 
 
@@ -202,7 +208,7 @@ def load_split(path: str | Path, split: str, *, subset: str | None = None) -> Lo
         if p.suffix not in KINDS:
             raise FileNotFoundError(f"{p} is not a parquet/jsonl/json/arrow file; pass the dataset file or folder")
         kind = KINDS[p.suffix]
-        loaded = Loaded(_read_files(p.parent, kind, [Path(p.name)]), p.parent, {"kind": kind, "files": [p.name]})
+        loaded = Loaded(_read_files(p.parent, kind, [Path(p.name)])[0], p.parent, {"kind": kind, "files": [p.name]})
         specific = _mentions_split(Path(p.name), split)
     elif p.exists():
         files = _data_files(p)
