@@ -127,11 +127,8 @@ def load_public_with_info(name: str, path: str | Path | None = None, *, split: s
             info["subset_left_out"] = len(ds) - len(rows)
             info["is_vc_missing"] = sum(f is None for f in flags)
     if name == "ecommmmu" and "task" in ds.column_names:  # before any inference: the scorer needs a known task
-        unknown: dict[str, int] = {}
         tasks = ds["task"]
-        for i in rows:
-            if tasks[i] not in ECOMMMMU_TASKS:
-                unknown[str(tasks[i])] = unknown.get(str(tasks[i]), 0) + 1
+        unknown = dict(Counter(str(tasks[i]) for i in rows if tasks[i] not in ECOMMMMU_TASKS))
         if unknown:
             raise ValueError(f"{loaded.source.get('path')}: rows of unknown eComMMMU tasks {unknown}; the authors' "
                              f"task names are {sorted(ECOMMMMU_TASKS)} (e.g. 'click-through_predction', as spelled "

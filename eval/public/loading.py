@@ -112,7 +112,6 @@ def _pick_kind(root: Path, files: list[Path]) -> tuple[str, list[Path], list[Pat
 
 
 def _from_files(root: Path, files: list[Path], split: str, subset: str | None) -> Loaded:
-
     files = _pick_subset(root, files, subset)
     names = SPLIT_ALIASES.get(split, {split})
     matching = [f for f in files if any(_mentions_split(f, n) for n in names)]
@@ -124,8 +123,7 @@ def _from_files(root: Path, files: list[Path], split: str, subset: str | None) -
             raise ValueError(f"{root} has files for the splits {found} but none for {split!r}; pick one of them")
         undivided = True  # the Hub's one split of an undivided file (eComMMMU): usable only with a split column
     kind, chosen, skipped = _pick_kind(root, matching or files)
-    ds, empty = _read_files(root, kind, chosen)
-    chosen = [f for f in chosen if str(f) not in empty]
+    ds, chosen, empty = _read_files(root, kind, chosen)
     if undivided and "split" not in ds.column_names:
         raise ValueError(f"{root} has files for the split {found} only and no 'split' column, not {split!r}; pick "
                          f"the folder of the {split!r} split")
@@ -136,9 +134,9 @@ def _from_files(root: Path, files: list[Path], split: str, subset: str | None) -
     return Loaded(ds, root, source)
 
 
-def _read_files(root: Path, kind: str, chosen: list[Path]) -> tuple[Any, list[str]]:
-    """One dataset from the files of one split, and the empty files left out (an empty shard beside full ones is
-    reported; a split of only empty files, or files of different columns, is an error naming them)."""
+def _read_files(root: Path, kind: str, chosen: list[Path]) -> tuple[Any, list[Path], list[str]]:
+    """One dataset from the files of one split, the files read and the empty files left out (an empty shard beside
+    full ones is reported; a split of only empty files, or files of different columns, is an error naming them)."""
     import datasets
 
     empty = [str(f) for f in chosen if (root / f).stat().st_size == 0 or kind == "json" and
@@ -153,7 +151,7 @@ def _read_files(root: Path, kind: str, chosen: list[Path]) -> tuple[Any, list[st
                          f"of one split must share their columns") from None
     if len(ds) == 0:
         raise ValueError(f"{root}: {[str(f) for f in chosen]} hold no rows")
-    return ds, empty
+    return ds, chosen, empty
 
 
 def _from_dict(dd, split: str, where: str) -> tuple[Any, bool]:
